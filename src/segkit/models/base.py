@@ -1,0 +1,32 @@
+"""What every segmentation model shares: backbone -> decoder -> logits at the input's size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segkit.models.backbone import Backbone
+
+
+class SegmentationModel(nn.Module):
+    """Subclasses build `self.decoder` from `self.backbone.channels/strides`; it maps
+    `(features, input_size)` to logits of exactly `input_size`."""
+
+    decoder: nn.Module
+
+    def __init__(self, backbone: dict, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (got {num_classes}); a binary task has 2 classes.")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.backbone = Backbone(**backbone, in_channels=in_channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}. "
+                "Fix: make data.in_channels match the images."
+            )
+        size = images.shape[-2:]
+        return self.decoder(self.backbone(images), (int(size[0]), int(size[1])))

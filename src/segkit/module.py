@@ -1,0 +1,107 @@
+"""The LightningModule: training step, dataset-level metrics and optimisation, built from plain configs.
+
+Only plain data goes into the hyperparameters (config dicts with `_target_` strings), so a
+checkpoint loads with `weights_only=True` and carries everything needed to rebuild the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torchmetrics import MaxMetric
+
+from segkit.metrics import confusion_metric, named_scores, scores_from_confusion
+
+
+class SegmentationModule(L.LightningModule):
+    def __init__(
+        self,
+        model: dict,
+        loss: dict,
+        optimizer: dict,
+        data: dict,
+        scheduler: dict | None = None,
+    ) -> None:
+        """`data` is the data config: the one place that holds num_classes, class_names, palette and
+        ignore_index; it also lets evaluation rebuild the datamodule from the checkpoint alone."""
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.num_classes = int(data["num_classes"])
+        self.class_names = list(data["class_names"])
+        self.ignore_index = data.get("ignore_index")
+        self.net = instantiate(model)
+        self.criterion = instantiate(loss)
+        self.train_confusion = confusion_metric(self.num_classes, self.ignore_index)
+        self.val_confusion = confusion_metric(self.num_classes, self.ignore_index)
+        self.test_confusion = confusion_metric(self.num_classes, self.ignore_index)
+        self.val_miou_best = MaxMetric()
+        self.val_miou_best.persistent(True)  # a resumed run keeps its best score
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {
+            "params/total": sum(p.numel() for p in self.parameters()),
+            "params/trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "params/backbone": sum(p.numel() for p in self.net.backbone.parameters()),
+        }
+
+    def _step(self, batch: dict[str, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = batch["image"], batch["mask"]
+        logits = self(images)
+        loss = self.criterion(logits, masks)
+        preds = logits.argmax(dim=1)
+        getattr(self, f"{split}_confusion").update(preds, masks)
+        on_step = split == "train"
+        self.log(
+            f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
+            sync_dist=not on_step, batch_size=images.shape[0],
+        )
+        return loss, preds
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        loss, preds = self._step(batch, "val")
+        return {"loss": loss, "preds": preds}
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        loss, preds = self._step(batch, "test")
+        return {"loss": loss, "preds": preds}
+
+    def _log_epoch_scores(self, split: str) -> dict[str, torch.Tensor]:
+        confusion = getattr(self, f"{split}_confusion")
+        scores = scores_from_confusion(confusion.compute())  # summed over all processes
+        confusion.reset()
+        # Identical on every rank already: no further sync needed.
+        flat = named_scores(split, scores, self.class_names)
+        self.log(f"{split}/mIoU", flat.pop(f"{split}/mIoU"), prog_bar=True)
+        self.log_dict(flat)
+        return scores
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_scores("train")
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self._log_epoch_scores("val")
+        if not self.trainer.sanity_checking:
+            self.val_miou_best.update(scores["mIoU"].float())
+        if self.val_miou_best.update_called:
+            self.log("val/mIoU_best", self.val_miou_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_scores("test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,89 @@
+"""Pieces the train and evaluate tasks share: building loggers, callbacks and the trainer, and writing results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def plain(cfg: DictConfig | None) -> Any:
+    """A resolved, plain-Python copy of a config node: safe for hyperparameters and `weights_only` loading."""
+    return None if cfg is None else OmegaConf.to_container(cfg, resolve=True)
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def build_loggers(cfg: DictConfig | None) -> list[Logger]:
+    if not cfg:
+        return []
+    if "wandb" in cfg and "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+        log.info("W&B: no API key found, logging offline; upload later with `wandb sync <run dir>/wandb/offline-run-*`.")
+    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+
+
+def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
+    if not cfg:
+        return []
+    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    return instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
+                       callbacks=build_callbacks(cfg.get("callbacks")))
+
+
+def float_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Writes via a temporary file so a crash never leaves a half-written result; NaN becomes null."""
+
+    def clean(value):
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(clean(payload), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def finish_wandb() -> None:
+    """Close the W&B run so that the next job of a multirun starts its own."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def print_table(title: str, metrics: Mapping[str, float]) -> None:
+    width = max(len(k) for k in metrics) if metrics else 10
+    lines = [title, "-" * (width + 12)]
+    lines += [f"{k:<{width}}  {v:>9.4f}" for k, v in sorted(metrics.items())]
+    print("\n".join(lines))

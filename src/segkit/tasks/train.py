@@ -1,0 +1,73 @@
+"""Train a segmentation model from a composed config; returns the run's metrics as floats."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from segkit.module import SegmentationModule
+from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, write_json
+
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig) -> SegmentationModule:
+    return SegmentationModule(
+        model=plain(cfg.model),
+        loss=plain(cfg.loss),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")),
+        data=plain(cfg.data),
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("seed") is not None:  # seed 0 is a seed
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    hparams = {**plain(cfg), **module.parameter_counts(), "output_dir": str(output_dir)}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+
+    try:
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = float_metrics(trainer.callback_metrics)
+        metrics["time/fit_s"] = time.perf_counter() - start
+        checkpoint = trainer.checkpoint_callback
+        best_path = checkpoint.best_model_path if checkpoint is not None else ""
+        if cfg.get("test"):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
+            metrics.update(float_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+        summary = {
+            "metrics": metrics,
+            "best_checkpoint": best_path,
+            "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint and checkpoint.save_last else "",
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+        }
+        write_json(output_dir / "metrics.json", summary)
+        log.info("Run directory: %s", output_dir)
+    finally:
+        finish_wandb()
+    return metrics
+
+
+def optimized_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value a sweeper optimises; a clear error when the config names a metric the run never logged."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric '{name}' was not logged. Logged metrics: {', '.join(sorted(metrics))}.")
+    return metrics[name]

@@ -1,0 +1,103 @@
+"""Pictures of predictions: palette colouring, overlays, and a callback that logs them each validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
+
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def to_rgb(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W, 3) uint8; one channel is shown grey, more than three are cut to three."""
+    image = image.detach().float().cpu().clamp(0, 1)
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    elif image.shape[0] == 2:
+        image = torch.cat([image, image[:1]])
+    return (image[:3].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int | None) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    if ignore_index is not None and 0 <= ignore_index < 256:
+        lut[ignore_index] = IGNORE_COLOUR
+    return lut[np.clip(mask, 0, 255)]
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, palette, ignore_index: int | None, alpha: float = 0.5) -> np.ndarray:
+    colour = colorize(mask, palette, ignore_index).astype(np.float32)
+    blended = (1 - alpha) * rgb.astype(np.float32) + alpha * colour
+    return blended.round().astype(np.uint8)
+
+
+def sample_panel(image, target, pred, palette, ignore_index) -> np.ndarray:
+    """image | ground truth over image | prediction over image, side by side."""
+    rgb = to_rgb(image)
+    target, pred = target.cpu().numpy(), pred.cpu().numpy()
+    return np.concatenate(
+        [rgb, overlay(rgb, target, palette, ignore_index), overlay(rgb, pred, palette, ignore_index)], axis=1
+    )
+
+
+class PredictionSamples(L.Callback):
+    """Logs the first `num_samples` validation images with ground truth and prediction overlays:
+    to W&B as interactive mask overlays, and as a PNG grid in `dirpath` (one per epoch)."""
+
+    def __init__(self, dirpath: str, num_samples: int = 4, every_n_epochs: int = 1) -> None:
+        self.dirpath = Path(dirpath)
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self._samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return (
+            not trainer.sanity_checking
+            and trainer.is_global_zero
+            and trainer.current_epoch % self.every_n_epochs == 0
+        )
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._samples = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        missing = self.num_samples - len(self._samples)
+        if missing <= 0 or not self._active(trainer):
+            return
+        for image, mask, pred in list(zip(batch["image"], batch["mask"], outputs["preds"]))[:missing]:
+            self._samples.append((image.cpu(), mask.cpu(), pred.cpu()))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not self._samples or not self._active(trainer):
+            return
+        data = pl_module.hparams.data
+        palette, ignore_index = data["palette"], data.get("ignore_index")
+        panels = [sample_panel(img, gt, pr, palette, ignore_index) for img, gt, pr in self._samples]
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(panels, axis=0)).save(self.dirpath / f"epoch_{trainer.current_epoch:03d}.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, data, trainer.global_step)
+        self._samples = []
+
+    def _log_wandb(self, logger: WandbLogger, data: dict, step: int) -> None:
+        labels = dict(enumerate(data["class_names"]))
+        if data.get("ignore_index") is not None:
+            labels[int(data["ignore_index"])] = "ignore"
+        masks = [
+            {
+                "ground_truth": {"mask_data": gt.numpy().astype(np.int64), "class_labels": labels},
+                "prediction": {"mask_data": pr.numpy().astype(np.int64), "class_labels": labels},
+            }
+            for _, gt, pr in self._samples
+        ]
+        logger.log_image(
+            key="val/predictions", images=[to_rgb(img) for img, _, _ in self._samples], masks=masks, step=step
+        )

@@ -1,0 +1,98 @@
+import itertools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from segkit.module import SegmentationModule
+from segkit.tasks.train import build_module
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+BACKBONES = sorted(p.stem for p in (CONF / "backbone").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model,backbone", list(itertools.product(MODELS, BACKBONES)))
+def test_every_model_and_backbone_config_trains_a_batch(tiny_train_cfg, model, backbone):
+    cfg = tiny_train_cfg(f"model={model}", f"backbone={backbone}")
+    assert cfg.model.num_classes == cfg.data.num_classes  # interpolated, not repeated
+    module = build_module(cfg)
+    before = [p.detach().clone() for p in module.net.parameters()]
+    trainer = L.Trainer(
+        fast_dev_run=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=instantiate(cfg.data))
+    assert trainer.global_step == 1
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert any(not torch.equal(b, p) for b, p in zip(before, module.net.parameters()))
+
+
+@pytest.mark.parametrize("model,loss", [("unet", "ce"), ("fcn", "ce_dice")])
+def test_overfits_one_batch(tiny_train_cfg, model, loss):
+    cfg = tiny_train_cfg(f"model={model}", f"loss={loss}", "scheduler=none", "optimizer.lr=0.003")
+    module = build_module(cfg)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    optimizer = module.configure_optimizers()
+    module.train()
+    losses = []
+    for _ in range(30):
+        loss_value = module.criterion(module(batch["image"]), batch["mask"])
+        optimizer.zero_grad()
+        loss_value.backward()
+        optimizer.step()
+        losses.append(loss_value.item())
+    assert losses[-1] < 0.4 * losses[0], losses
+
+
+@pytest.mark.parametrize("loss", ["ce", "dice", "focal", "ce_dice"])
+def test_every_loss_config_builds_and_is_finite(tiny_train_cfg, loss):
+    cfg = tiny_train_cfg(f"loss={loss}", "model=fcn")
+    module = build_module(cfg)
+    logits = torch.randn(2, cfg.data.num_classes, 8, 8)
+    target = torch.randint(0, cfg.data.num_classes, (2, 8, 8))
+    assert torch.isfinite(module.criterion(logits, target))
+
+
+def test_binary_task_trains(tiny_train_cfg):
+    cfg = tiny_train_cfg("data.num_classes=2", "data.class_names=[bg,disc]", "data.palette=[[0,0,0],[255,0,0]]")
+    module = build_module(cfg)
+    trainer = L.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=instantiate(cfg.data))
+    assert "val/IoU/disc" in trainer.callback_metrics
+
+
+def test_hyperparameters_are_plain_data(tiny_train_cfg):
+    module = build_module(tiny_train_cfg())
+
+    def check(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                check(v)
+        elif isinstance(value, list):
+            for v in value:
+                check(v)
+        else:
+            assert value is None or isinstance(value, (str, int, float, bool)), type(value)
+
+    check(dict(module.hparams))
+    assert module.hparams.data["class_names"] == ["background", "disc", "square", "triangle"]
+
+
+def test_checkpoint_loads_with_weights_only(tiny_train_cfg, tmp_path):
+    module = build_module(tiny_train_cfg())
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=instantiate(tiny_train_cfg().data))
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    torch.load(path, weights_only=True)  # raises if anything but plain data and tensors is inside
+    loaded = SegmentationModule.load_from_checkpoint(path, weights_only=True)
+    x = torch.rand(1, 3, 40, 56)
+    module.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(module(x), loaded(x))

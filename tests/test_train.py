@@ -1,0 +1,151 @@
+"""End to end: the train and evaluate tasks, and the entry scripts as a user runs them."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from segkit.tasks.evaluate import evaluate
+from segkit.tasks.train import optimized_value, train
+from conftest import ROOT, TINY_DATA, compose_config
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_metrics_csv(run_dir: Path) -> list[dict]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One short real run (2 epochs, CSV + offline W&B) shared by the tests that inspect its results."""
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    cfg = compose_config(
+        "train",
+        TINY_DATA + ["trainer.max_epochs=2", "trainer.accelerator=cpu", "logger=wandb", "test=true"],
+        run_dir,
+    )
+    metrics = train(cfg)
+    return cfg, run_dir, metrics
+
+
+def test_run_directory_holds_config_checkpoints_metrics_and_samples(trained_run):
+    cfg, run_dir, metrics = trained_run
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["epochs"] == 2
+    assert summary["metrics"]["val/mIoU_best"] == pytest.approx(metrics["val/mIoU_best"])
+    assert summary["metrics"]["val/mIoU_best"] >= summary["metrics"]["val/mIoU"] - 1e-9
+    assert "test/mIoU" in summary["metrics"] and "val/IoU/triangle" in summary["metrics"]
+    assert Path(summary["best_checkpoint"]).is_file() and Path(summary["last_checkpoint"]).is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert sorted(p.name for p in (run_dir / "val_samples").iterdir()) == ["epoch_000.png", "epoch_001.png"]
+    rows = read_metrics_csv(run_dir)
+    assert [r["epoch"] for r in rows if r.get("val/mIoU")] == ["0", "1"]
+
+
+def test_wandb_logs_offline_with_config_and_images(trained_run):
+    _, run_dir, _ = trained_run
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list(offline_run.glob("*.wandb"))
+    media = list((offline_run / "files" / "media").rglob("*.png"))
+    assert media, "validation prediction images were not logged to W&B"
+    config = (offline_run / "files" / "config.yaml").read_text()
+    assert "params/total" in config and "optimized_metric" in config
+
+
+def test_optimized_metric_is_returned_as_float(trained_run):
+    cfg, _, metrics = trained_run
+    value = optimized_value(metrics, cfg.optimized_metric)
+    assert isinstance(value, float) and 0.0 <= value <= 1.0
+    with pytest.raises(KeyError, match="val/nope"):
+        optimized_value(metrics, "val/nope")
+
+
+def test_evaluate_reproduces_the_val_miou_of_training(trained_run, tmp_path):
+    _, run_dir, metrics = trained_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", "logger=csv", "trainer.accelerator=cpu"], tmp_path)
+    scores = evaluate(cfg)
+    assert scores["val/mIoU"] == pytest.approx(metrics["val/mIoU"], abs=1e-6)
+    assert scores["val/mDice"] == pytest.approx(metrics["val/mDice"], abs=1e-6)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["metrics"]["val/mIoU"] == pytest.approx(scores["val/mIoU"])
+
+
+def test_evaluate_on_the_test_split_and_a_clear_error_for_a_missing_checkpoint(trained_run, tmp_path):
+    _, run_dir, _ = trained_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", "split=test", "trainer.accelerator=cpu"], tmp_path)
+    assert "test/mIoU" in evaluate(cfg)
+    cfg = compose_config("evaluate", [f"ckpt_path={tmp_path}/missing.ckpt"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        evaluate(cfg)
+
+
+def test_resume_from_last_checkpoint_continues_the_epoch_count(trained_run, tmp_path):
+    _, run_dir, _ = trained_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    cfg = compose_config(
+        "train",
+        TINY_DATA + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "logger=csv", "test=false",
+                     f"ckpt_path={ckpt}"],
+        tmp_path / "resumed",
+    )
+    metrics = train(cfg)
+    summary = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert summary["epochs"] == 3
+    assert summary["global_step"] == state["global_step"] + 2  # one more epoch of 8 images in batches of 4
+    assert [r["epoch"] for r in read_metrics_csv(tmp_path / "resumed") if r.get("val/mIoU")] == ["2"]
+    best_before = state["state_dict"]["val_miou_best.max_val"].item()
+    assert metrics["val/mIoU_best"] >= best_before - 1e-9
+
+
+def test_train_script_runs_fcn_and_returns_metrics(tmp_path):
+    proc = run_script(
+        str(ROOT / "train.py"), "model=fcn", "backbone=resnet18", "debug=fast", "logger=csv", *TINY_DATA,
+        f"paths.log_dir={tmp_path}", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_any_timm_backbone_by_name_and_a_clear_error_for_unknown_names(tmp_path):
+    proc = run_script(
+        str(ROOT / "train.py"), "backbone.name=resnet5O", "logger=csv", *TINY_DATA, f"paths.log_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "Unknown backbone 'resnet5O'" in proc.stderr and "resnet50" in proc.stderr
+
+
+def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
+    proc = run_script(
+        str(ROOT / "train.py"), "-m", "model=fcn,unet", "backbone=resnet18", "debug=fast", "logger=wandb",
+        *TINY_DATA, f"paths.log_dir={tmp_path}", cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    models = []
+    for job in jobs:
+        assert (job / "metrics.json").is_file()
+        models.append(OmegaConf.load(job / "config.yaml").model._target_)
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job
+    assert models == ["segkit.models.FCN", "segkit.models.UNet"]
