@@ -45,15 +45,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = float_metrics(trainer.callback_metrics)
         metrics["time/fit_s"] = time.perf_counter() - start
-        checkpoint = trainer.checkpoint_callback
-        best_path = checkpoint.best_model_path if checkpoint is not None else ""
+        best_path, last_path = checkpoint_paths(trainer)
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
             metrics.update(float_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
         summary = {
             "metrics": metrics,
             "best_checkpoint": best_path,
-            "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint and checkpoint.save_last else "",
+            "last_checkpoint": last_path,
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
         }
@@ -62,6 +61,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finally:
         finish_wandb()
     return metrics
+
+
+def checkpoint_paths(trainer: L.Trainer) -> tuple[str, str]:
+    """(best, last): the first monitored checkpoint callback's best file and the unmonitored one's latest."""
+    callbacks = trainer.checkpoint_callbacks
+    best = next((cb.best_model_path for cb in callbacks if cb.monitor is not None), "")
+    last = next((cb.best_model_path for cb in callbacks if cb.monitor is None), "")
+    return best, last
 
 
 def optimized_value(metrics: dict[str, float], name: str | None) -> float | None:
