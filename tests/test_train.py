@@ -116,14 +116,25 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(trained_run, tmp_
     assert metrics["val/mIoU_best"] >= best_before - 1e-9
 
 
-def test_train_script_runs_fcn_and_returns_metrics(tmp_path):
+def test_train_then_evaluate_scripts(tmp_path):
     proc = run_script(
         str(ROOT / "train.py"), "model=fcn", "backbone=resnet18", "debug=fast", "logger=csv", *TINY_DATA,
         f"paths.log_dir={tmp_path}", cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
-    assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "metrics.json").is_file()
+    trained = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+    proc = run_script(
+        str(ROOT / "evaluate.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val/mIoU" in proc.stdout and "val/IoU/triangle" in proc.stdout  # the printed table
+    (eval_dir,) = (tmp_path / "evaluate" / "runs").iterdir()
+    scores = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
+    assert scores["val/mIoU"] == pytest.approx(trained["val/mIoU"], abs=1e-6)
 
 
 def test_any_timm_backbone_by_name_and_a_clear_error_for_unknown_names(tmp_path):

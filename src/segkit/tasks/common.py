@@ -7,6 +7,7 @@ import logging
 import math
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -75,8 +76,6 @@ def write_json(path: Path, payload: dict) -> None:
 
 def finish_wandb() -> None:
     """Close the W&B run so that the next job of a multirun starts its own."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()

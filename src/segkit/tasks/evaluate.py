@@ -35,7 +35,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     try:
         run = trainer.validate if split == "val" else trainer.test
         run(module, datamodule=datamodule, verbose=False)
-        metrics = float_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")})
+        metrics = float_metrics(
+            {k: v for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/") and not k.endswith("_best")}
+        )
     finally:
         finish_wandb()
     print_table(f"{split} metrics of {cfg.ckpt_path}", metrics)

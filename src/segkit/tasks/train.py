@@ -42,7 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = float_metrics(trainer.callback_metrics)
         metrics["time/fit_s"] = time.perf_counter() - start
         best_path, last_path = checkpoint_paths(trainer)
@@ -56,7 +56,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
         }
-        write_json(output_dir / "metrics.json", summary)
+        if trainer.is_global_zero:
+            write_json(output_dir / "metrics.json", summary)
         log.info("Run directory: %s", output_dir)
     finally:
         finish_wandb()
