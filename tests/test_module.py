@@ -14,17 +14,21 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 BACKBONES = sorted(p.stem for p in (CONF / "backbone").glob("*.yaml"))
 
 
+def fit_one_batch(cfg, module=None, **trainer_kwargs) -> L.Trainer:
+    """One training and one validation batch through the real Trainer."""
+    trainer = L.Trainer(fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        **trainer_kwargs)
+    trainer.fit(module or build_module(cfg), datamodule=instantiate(cfg.data))
+    return trainer
+
+
 @pytest.mark.parametrize("model,backbone", list(itertools.product(MODELS, BACKBONES)))
 def test_every_model_and_backbone_config_trains_a_batch(tiny_train_cfg, model, backbone):
     cfg = tiny_train_cfg(f"model={model}", f"backbone={backbone}")
     assert cfg.model.num_classes == cfg.data.num_classes  # interpolated, not repeated
     module = build_module(cfg)
     before = [p.detach().clone() for p in module.net.parameters()]
-    trainer = L.Trainer(
-        fast_dev_run=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=instantiate(cfg.data))
+    trainer = fit_one_batch(cfg, module, accelerator="cpu")
     assert trainer.global_step == 1
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, module.net.parameters()))
@@ -60,9 +64,7 @@ def test_every_loss_config_builds_and_is_finite(tiny_train_cfg, loss):
 
 def test_binary_task_trains(tiny_train_cfg):
     cfg = tiny_train_cfg("data.num_classes=2", "data.class_names=[bg,disc]", "data.palette=[[0,0,0],[255,0,0]]")
-    module = build_module(cfg)
-    trainer = L.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False)
-    trainer.fit(module, datamodule=instantiate(cfg.data))
+    trainer = fit_one_batch(cfg, accelerator="cpu")
     assert "val/IoU/disc" in trainer.callback_metrics
 
 
@@ -96,3 +98,16 @@ def test_checkpoint_loads_with_weights_only(tiny_train_cfg, tmp_path):
     module.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.allclose(module(x), loaded(x))
+
+
+def test_bf16_mixed_precision_on_cpu(tiny_train_cfg):
+    trainer = fit_one_batch(tiny_train_cfg("loss=ce_dice"), accelerator="cpu", precision="bf16-mixed")
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_on_gpu(tiny_train_cfg, precision):
+    trainer = fit_one_batch(tiny_train_cfg("loss=ce_dice"), accelerator="gpu", devices=1, precision=precision)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
