@@ -137,13 +137,16 @@ def test_train_then_evaluate_scripts(tmp_path):
     assert scores["val/mIoU"] == pytest.approx(trained["val/mIoU"], abs=1e-6)
 
 
-def test_any_timm_backbone_by_name_and_a_clear_error_for_unknown_names(tmp_path):
-    proc = run_script(
-        str(ROOT / "train.py"), "backbone.name=resnet5O", "logger=csv", *TINY_DATA, f"paths.log_dir={tmp_path}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode != 0
-    assert "Unknown backbone 'resnet5O'" in proc.stderr and "resnet50" in proc.stderr
+def test_unknown_backbone_fails_at_start_up_and_simultaneous_runs_get_their_own_directories(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, str(ROOT / "train.py"), "backbone.name=resnet5O", "logger=csv", *TINY_DATA,
+            f"paths.log_dir={tmp_path}"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode != 0
+        assert 'Unknown backbone "resnet5O"' in stderr and "resnet50" in stderr
+    assert len(list((tmp_path / "train" / "runs").iterdir())) == 2
 
 
 def test_multirun_runs_each_job_in_its_own_directory(tmp_path):

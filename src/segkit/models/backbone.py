@@ -26,9 +26,10 @@ def check_backbone_name(name: str) -> None:
         return
     close = difflib.get_close_matches(arch, timm.list_models(), n=6, cutoff=0.6)
     hint = f" Closest timm models: {', '.join(close)}." if close else ""
+    # No single quotes: Hydra shows the repr of this message, which would escape them.
     raise UnknownBackboneError(
-        f"Unknown backbone '{name}'.{hint} Fix: set backbone.name to a timm model name "
-        f"(list them with `python -c \"import timm; print(timm.list_models('*{arch[:4]}*'))\"`)."
+        f"Unknown backbone \"{name}\".{hint} Fix: set backbone.name to a timm model name; "
+        f"search them with timm.list_models(\"*{arch[:4]}*\")."
     )
 
 

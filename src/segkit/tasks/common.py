@@ -34,24 +34,21 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+def instantiate_each(cfg: DictConfig | None) -> list[Any]:
+    """One object per entry of a group like `logger` or `callbacks`; entries set to null are skipped."""
+    return [instantiate(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
+
+
 def build_loggers(cfg: DictConfig | None) -> list[Logger]:
-    if not cfg:
-        return []
-    if "wandb" in cfg and "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+    if cfg and "wandb" in cfg and "WANDB_MODE" not in os.environ and not wandb_has_credentials():
         os.environ["WANDB_MODE"] = "offline"
         log.info("W&B: no API key found, logging offline; upload later with `wandb sync <run dir>/wandb/offline-run-*`.")
-    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
-
-
-def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
-    if not cfg:
-        return []
-    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+    return instantiate_each(cfg)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    return instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
-                       callbacks=build_callbacks(cfg.get("callbacks")))
+    loggers = build_loggers(cfg.get("logger"))
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=instantiate_each(cfg.get("callbacks")))
 
 
 def float_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

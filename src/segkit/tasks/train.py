@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -11,9 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.module import SegmentationModule
-from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, write_json
-
-log = logging.getLogger(__name__)
+from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, print_table, write_json
 
 
 def build_module(cfg: DictConfig) -> SegmentationModule:
@@ -58,7 +55,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         }
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", summary)
-        log.info("Run directory: %s", output_dir)
+            headline = {k: v for k, v in metrics.items() if k.count("/") == 1 and not k.startswith("train/")}
+            print_table(f"Run directory: {output_dir}", headline)
     finally:
         finish_wandb()
     return metrics
