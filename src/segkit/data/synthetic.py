@@ -25,7 +25,7 @@ class SyntheticShapes(Dataset):
         image_size: Sequence[int] = (64, 64),
         num_classes: int = 4,
         in_channels: int = 3,
-        max_objects: int = 4,
+        max_objects: int = 6,
         noise: float = 0.05,
         seed: int = 0,
         stream: int = 0,
@@ -89,7 +89,7 @@ def _shape(kind: str, u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Gen
     # An equilateral triangle: inside three half-planes.
     inside = np.ones_like(u, dtype=bool)
     for angle in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
-        inside &= u * np.cos(angle) + v * np.sin(angle) < 0.6 * r
+        inside &= u * np.cos(angle) + v * np.sin(angle) < 0.75 * r
     checks = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
     return inside, checks
 
@@ -101,7 +101,7 @@ class SyntheticDataModule(SegDataModule):
         num_val: int = 128,
         num_test: int = 128,
         image_size: Sequence[int] = (64, 64),
-        max_objects: int = 4,
+        max_objects: int = 6,
         noise: float = 0.05,
         seed: int = 0,
         **common,

@@ -1,0 +1,31 @@
+"""Every option of every config group composes and resolves, and class facts come from the data config."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose_config
+
+GROUPS = ["data", "model", "backbone", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
+          "experiment", "debug"]
+CHOICES = [(group, p.stem) for group in GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,choice", CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
+def test_every_config_option_composes_and_resolves(tmp_path: Path, group, choice):
+    cfg = compose_config("train", [f"{group}={choice}"], tmp_path)
+    OmegaConf.resolve(cfg)  # every interpolation has a target
+    assert cfg.model.num_classes == cfg.data.num_classes
+    assert cfg.model.in_channels == cfg.data.in_channels
+
+
+def test_class_facts_flow_from_the_data_config(tmp_path):
+    cfg = compose_config("train", ["data.num_classes=2", "data.ignore_index=7", "loss=ce_dice"], tmp_path)
+    assert cfg.model.num_classes == 2
+    assert cfg.loss.losses.ce.ignore_index == 7 and cfg.loss.losses.dice.ignore_index == 7
+
+
+def test_evaluate_config_needs_a_checkpoint(tmp_path):
+    cfg = compose_config("evaluate", [], tmp_path)
+    assert OmegaConf.is_missing(cfg, "ckpt_path") and cfg.split == "val" and cfg.get("data") is None
