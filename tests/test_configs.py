@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import segkit  # noqa: F401  (registers the config resolvers)
 from conftest import CONF, compose_config
 
 GROUPS = ["data", "model", "backbone", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
@@ -29,3 +30,10 @@ def test_class_facts_flow_from_the_data_config(tmp_path):
 def test_evaluate_config_needs_a_checkpoint(tmp_path):
     cfg = compose_config("evaluate", [], tmp_path)
     assert OmegaConf.is_missing(cfg, "ckpt_path") and cfg.split == "val" and cfg.get("data") is None
+
+
+def test_wandb_run_names_say_what_was_overridden(tmp_path):
+    default = compose_config("train", [], tmp_path)
+    assert default.logger.wandb.name == "train"
+    changed = compose_config("train", ["model=fcn", "backbone=resnet50"], tmp_path)
+    assert changed.logger.wandb.name == "train:backbone=resnet50,model=fcn"

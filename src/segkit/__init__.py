@@ -1,3 +1,14 @@
 """segkit: semantic-segmentation experiments with Hydra, Lightning, timm and torchmetrics."""
 
+from omegaconf import OmegaConf
+
 __version__ = "0.1.0"
+
+
+def _run_name(task_name: str, overrides: str) -> str:
+    """`train` for a default run, `train:backbone=resnet50,model=fcn` for one with overrides."""
+    return f"{task_name}:{overrides}" if overrides else task_name
+
+
+# Config resolvers live here so that importing any part of segkit makes them available.
+OmegaConf.register_new_resolver("segkit.run_name", _run_name, replace=True)

@@ -55,10 +55,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         }
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", summary)
-            headline = {k: v for k, v in metrics.items() if k.count("/") == 1 and not k.startswith("train/")}
-            print_table(f"Run directory: {output_dir}", headline)
     finally:
         finish_wandb()
+    if trainer.is_global_zero:  # last, so that it is not buried under W&B's summary
+        headline = {k: v for k, v in metrics.items() if k.count("/") == 1 and not k.startswith("train/")}
+        print_table(f"Run directory: {output_dir}", headline)
     return metrics
 
 
