@@ -118,21 +118,19 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(trained_run, tmp_
 
 def test_train_then_evaluate_scripts(tmp_path):
     proc = run_script(
-        str(ROOT / "train.py"), "model=fcn", "backbone=resnet18", "debug=fast", "logger=csv", *TINY_DATA,
-        f"paths.log_dir={tmp_path}", cwd=tmp_path,
+        str(ROOT / "train.py"), "model=fcn", "backbone=resnet18", "debug=fast", "logger=csv", *TINY_DATA, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # under the working directory
     assert (run_dir / "metrics.json").is_file()
     trained = json.loads((run_dir / "metrics.json").read_text())["metrics"]
 
     proc = run_script(
-        str(ROOT / "evaluate.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path}",
-        cwd=tmp_path,
+        str(ROOT / "evaluate.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val/mIoU" in proc.stdout and "val/IoU/triangle" in proc.stdout  # the printed table
-    (eval_dir,) = (tmp_path / "evaluate" / "runs").iterdir()
+    (eval_dir,) = (tmp_path / "logs" / "evaluate" / "runs").iterdir()
     scores = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
     assert scores["val/mIoU"] == pytest.approx(trained["val/mIoU"], abs=1e-6)
 
@@ -152,10 +150,10 @@ def test_unknown_backbone_fails_at_start_up_and_simultaneous_runs_get_their_own_
 def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
     proc = run_script(
         str(ROOT / "train.py"), "-m", "model=fcn,unet", "backbone=resnet18", "debug=fast", "logger=wandb",
-        *TINY_DATA, f"paths.log_dir={tmp_path}", cwd=tmp_path, timeout=600,
+        *TINY_DATA, cwd=tmp_path, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()  # under the working directory
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1"]
     models = []

@@ -1,5 +1,7 @@
 """segkit: semantic-segmentation experiments with Hydra, Lightning, timm and torchmetrics."""
 
+import os
+
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
@@ -12,3 +14,6 @@ def _run_name(task_name: str, overrides: str) -> str:
 
 # Config resolvers live here so that importing any part of segkit makes them available.
 OmegaConf.register_new_resolver("segkit.run_name", _run_name, replace=True)
+# The working directory, resolvable before Hydra's own `${hydra:runtime.cwd}` exists (a sweep's directory is
+# resolved before any job starts).
+OmegaConf.register_new_resolver("segkit.cwd", os.getcwd, replace=True)

@@ -86,7 +86,8 @@ def _shape(kind: str, u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Gen
         side = 0.85 * r
         stripes = (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
         return (np.abs(u) < side) & (np.abs(v) < side), stripes
-    # An equilateral triangle: inside three half-planes.
+    # An equilateral triangle, inside three half-planes; its inradius of 0.75 r gives it about the area of the
+    # square and the disc, so that no class is rarer than the others.
     inside = np.ones_like(u, dtype=bool)
     for angle in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
         inside &= u * np.cos(angle) + v * np.sin(angle) < 0.75 * r
