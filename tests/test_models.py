@@ -84,10 +84,10 @@ def test_unknown_backbone_names_close_matches():
     assert "resnet5O" in message and "resnet50" in message and "backbone.name" in message
 
 
-def test_pretrained_without_network_explains_the_fix():
-    # conftest sets HF_HUB_OFFLINE=1, as on a machine without network and with an empty cache.
+def test_asking_for_weights_that_cannot_be_had_explains_the_fix(tmp_path):
+    # No download happens: conftest sets HF_HUB_OFFLINE=1, and the cache is an empty folder.
     with pytest.raises(PretrainedWeightsUnavailable, match="backbone.pretrained=false"):
-        Backbone("resnet18", pretrained=True)
+        Backbone("resnet18", pretrained=True, cache_dir=str(tmp_path))
 
 
 def test_local_weights_file_is_loaded(tmp_path):

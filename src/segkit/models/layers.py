@@ -45,8 +45,6 @@ class Upsample(nn.Module):
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"Unknown upsample mode '{mode}'. Fix: use one of {self.MODES}.")
-        self.mode = mode
-        self.factor = factor
         self.deconv = None
         if mode == "transposed":
             groups = channels if depthwise else 1
