@@ -78,10 +78,11 @@ class SegmentationModule(L.LightningModule):
         confusion = getattr(self, f"{split}_confusion")
         scores = scores_from_confusion(confusion.compute())  # summed over all processes
         confusion.reset()
-        # Identical on every rank already: no further sync needed.
+        # Identical on every rank already; sync_dist (a mean of equal values, once per epoch) only keeps
+        # Lightning from warning about unsynced epoch-level values under DDP.
         flat = named_scores(split, scores, self.class_names)
-        self.log(f"{split}/mIoU", flat.pop(f"{split}/mIoU"), prog_bar=True)
-        self.log_dict(flat)
+        self.log(f"{split}/mIoU", flat.pop(f"{split}/mIoU"), prog_bar=True, sync_dist=True)
+        self.log_dict(flat, sync_dist=True)
         return scores
 
     def on_train_epoch_end(self) -> None:
@@ -92,7 +93,7 @@ class SegmentationModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_miou_best.update(scores["mIoU"].float())
         if self.val_miou_best.update_called:
-            self.log("val/mIoU_best", self.val_miou_best.compute(), prog_bar=True)
+            self.log("val/mIoU_best", self.val_miou_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_scores("test")
