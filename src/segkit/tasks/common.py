@@ -55,6 +55,11 @@ def float_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
 
 
+def split_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
+    """The scores of one split (`val/...`, `test/...`), without running-best trackers such as `val/mIoU_best`."""
+    return float_metrics({k: v for k, v in metrics.items() if k.startswith(f"{split}/") and not k.endswith("_best")})
+
+
 def write_json(path: Path, payload: dict) -> None:
     """Writes via a temporary file so a crash never leaves a half-written result; NaN becomes null."""
 

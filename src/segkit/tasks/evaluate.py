@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.module import SegmentationModule
-from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, print_table, write_json
+from segkit.tasks.common import build_trainer, finish_wandb, print_table, split_metrics, write_json
 
 SPLITS = ("val", "test")
 
@@ -35,9 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     try:
         run = trainer.validate if split == "val" else trainer.test
         run(module, datamodule=datamodule, verbose=False)
-        metrics = float_metrics(
-            {k: v for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/") and not k.endswith("_best")}
-        )
+        metrics = split_metrics(trainer.callback_metrics, split)
     finally:
         finish_wandb()
     print_table(f"{split} metrics of {cfg.ckpt_path}", metrics)

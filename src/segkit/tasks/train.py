@@ -10,7 +10,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.module import SegmentationModule
-from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, print_table, write_json
+from segkit.tasks.common import (
+    build_trainer,
+    finish_wandb,
+    float_metrics,
+    plain,
+    print_table,
+    split_metrics,
+    write_json,
+)
 
 
 def build_module(cfg: DictConfig) -> SegmentationModule:
@@ -45,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best_path, last_path = checkpoint_paths(trainer)
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
-            metrics.update(float_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+            metrics.update(split_metrics(trainer.callback_metrics, "test"))
         summary = {
             "metrics": metrics,
             "best_checkpoint": best_path,
