@@ -1,10 +1,14 @@
 """segkit: semantic-segmentation experiments with Hydra, Lightning, timm and torchmetrics."""
 
 import os
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
+
+# The project's Hydra configs, for the `python -m segkit...` commands (the package is installed editable).
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def _run_name(task_name: str, overrides: str) -> str:

@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from PIL import Image
+from PIL import Image, ImageDraw
 
 IGNORE_COLOUR = (255, 255, 255)
 
@@ -45,6 +45,33 @@ def sample_panel(image, target, pred, palette, ignore_index) -> np.ndarray:
     return np.concatenate(
         [rgb, overlay(rgb, target, palette, ignore_index), overlay(rgb, pred, palette, ignore_index)], axis=1
     )
+
+
+def grid(tiles: Sequence[np.ndarray], columns: int, gap: int = 4) -> np.ndarray:
+    """Tiles (H, W, 3) of any sizes in rows of `columns`, each cell as large as the largest tile, white gaps."""
+    h = max(t.shape[0] for t in tiles) + gap
+    w = max(t.shape[1] for t in tiles) + gap
+    rows = -(-len(tiles) // columns)
+    canvas = np.full((rows * h, min(columns, len(tiles)) * w, 3), 255, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        y, x = (i // columns) * h, (i % columns) * w
+        canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+    return canvas
+
+
+def legend(class_names: Sequence[str], palette, width: int, ignore_index: int | None = None) -> np.ndarray:
+    """A strip naming each class next to its colour (ignored pixels are white)."""
+    entries = list(zip(class_names, palette)) + ([("ignore", IGNORE_COLOUR)] if ignore_index is not None else [])
+    cell, line = 140, 18
+    per_row = max(1, width // cell)
+    rows = -(-len(entries) // per_row)
+    strip = Image.new("RGB", (max(width, cell), rows * line + 4), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, (name, colour) in enumerate(entries):
+        x, y = (i % per_row) * cell + 4, (i // per_row) * line + 4
+        draw.rectangle([x, y, x + 12, y + 12], fill=tuple(int(c) for c in colour), outline="black")
+        draw.text((x + 18, y), str(name)[:18], fill="black")
+    return np.asarray(strip)
 
 
 class PredictionSamples(L.Callback):

@@ -1,6 +1,14 @@
 """Datasets and LightningDataModules. The data config is the one source of class facts."""
 
 from segkit.data.datamodule import SegDataModule
-from segkit.data.synthetic import SyntheticShapes, SyntheticDataModule
+from segkit.data.filedata import FileDataModule, FolderDataModule, ListFileDataModule
+from segkit.data.synthetic import SyntheticDataModule, SyntheticShapes
 
-__all__ = ["SegDataModule", "SyntheticShapes", "SyntheticDataModule"]
+__all__ = [
+    "SegDataModule",
+    "FileDataModule",
+    "FolderDataModule",
+    "ListFileDataModule",
+    "SyntheticShapes",
+    "SyntheticDataModule",
+]

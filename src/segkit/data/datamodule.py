@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segkit.data.dataset import collate
+
 SPLITS = ("train", "val", "test")
 
 
@@ -56,7 +58,10 @@ class SegDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         if len(dataset) == 0:
-            raise ValueError(f"The '{split}' split of {type(self).__name__} is empty. Fix: check the data config.")
+            raise ValueError(
+                f"The {split} split of {type(self).__name__} is empty. Fix: check the data config "
+                f"(python -m segkit.data.check shows what it finds), or run with test=false if there is no test split."
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
@@ -66,6 +71,7 @@ class SegDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,122 @@
+"""A dataset of (image file, mask file) pairs: read, encode, check, augment, and hand over as tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from segkit.data.encoding import INVALID, MaskEncoding
+from segkit.data.files import DataError, image_scale, read_image, read_mask
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    mask: Path
+    name: str  # the file's key within the dataset (relative path without suffix): stable across runs
+
+
+class SegmentationFiles(Dataset):
+    """Items are `{"image": float (C, H, W) in [0, 1], "mask": long (H, W), "name": str}`.
+
+    Every item is checked as it is read, so a file that breaks after start-up fails with its name (DataLoader
+    workers pass the message on), not as a shape error in the model or an all-ignore batch."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        encoding: MaskEncoding,
+        in_channels: int,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        image_max_value: float | None = None,
+        repeat: int = 1,
+    ) -> None:
+        """`repeat` > 1 lists every sample that many times: longer epochs for small datasets."""
+        self.samples = list(samples)
+        self.repeat = repeat
+        self.encoding = encoding
+        self.in_channels = in_channels
+        self.transform = transform
+        self.image_max_value = image_max_value
+        self.mask_dtype = _smallest_dtype(encoding.num_classes, encoding.ignore_index)
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.repeat
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image (H, W, C) in its file's dtype and class ids (H, W) int64, both checked."""
+        sample = self.samples[index % len(self.samples)]
+        image = read_image(sample.image, self.in_channels)
+        stored = read_mask(sample.mask, rgb=self.encoding.rgb)
+        if image.shape[:2] != stored.shape[:2]:
+            raise DataError(
+                f"{sample.mask}: mask is {stored.shape[0]}x{stored.shape[1]} (HxW) but its image {sample.image} is "
+                f"{image.shape[0]}x{image.shape[1]}. Fix: the mask must have the image's size; re-export it."
+            )
+        mask = self.encoding(stored)
+        check_mask(mask, stored, sample.mask, self.encoding)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.load(index)
+        if image.dtype != np.uint8:  # albumentations works on uint8 or float32 in [0, 1]
+            image = image.astype(np.float32) / image_scale(image.dtype, self.image_max_value)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask.astype(self.mask_dtype))
+            image, mask = out["image"], out["mask"]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        tensor = tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
+        return {
+            "image": tensor,
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+            "name": self.samples[index % len(self.samples)].name,
+        }
+
+
+def check_mask(mask: np.ndarray, stored: np.ndarray, path: Path, encoding: MaskEncoding) -> None:
+    invalid = mask == INVALID
+    if invalid.any():
+        hint = " JPEG compression changes mask values at edges: save masks as PNG." if _is_jpeg(path) else ""
+        raise DataError(
+            f"{path}: mask values {{{encoding.describe_invalid(stored, mask)}}} ({int(invalid.sum())} pixels) are not "
+            f"known; expected {encoding.expected()}. Fix: set data.mask_encoding / data.mask_values / "
+            f"data.label_map to match how the masks are stored, or check data.num_classes.{hint}"
+        )
+    if encoding.ignore_index is not None and (mask == encoding.ignore_index).all():
+        raise DataError(
+            f"{path}: no labelled pixel: every pixel is ignore_index {encoding.ignore_index} after encoding. "
+            f"Fix: check data.mask_encoding (e.g. 0/255 masks need mask_encoding=values, mask_values=[0,255]), "
+            f"or remove the file from the split."
+        )
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """torch's default collate, with a clear error when images of one batch differ in size."""
+    sizes = {tuple(item["image"].shape) for item in items}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{item.get('name', '?')}: {tuple(item['image'].shape[1:])}" for item in items[:4])
+        raise DataError(
+            f"Images of one batch differ in size ({shown}). Fix: crop or resize to one size in the pipeline "
+            f"(data.train_transforms / data.eval_transforms), or use data.eval_batch_size=1 for evaluation."
+        )
+    return default_collate(items)
+
+
+def _is_jpeg(path: Path) -> bool:
+    return Path(path).suffix.lower() in (".jpg", ".jpeg")
+
+
+def _smallest_dtype(num_classes: int, ignore_index: int | None) -> np.dtype:
+    """Masks travel through OpenCV in the smallest integer type that holds every id (OpenCV has no int64)."""
+    low = min(0, ignore_index if ignore_index is not None else 0)
+    high = max(num_classes - 1, ignore_index if ignore_index is not None else 0)
+    for dtype in (np.uint8, np.uint16, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    raise ValueError(f"Class ids {low}..{high} do not fit in int32.")

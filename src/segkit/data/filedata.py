@@ -1,0 +1,341 @@
+"""Datasets on disk: the layouts people have, one config away, checked before a run starts.
+
+`FolderDataModule` covers an image folder and a mask folder matched by file stem (ISBI membrane, VOC, ADE20K,
+Cityscapes are configs of it); `ListFileDataModule` reads list files of image/mask path pairs (CamVid/SegNet).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from segkit.data.datamodule import SPLITS, SegDataModule
+from segkit.data.dataset import Sample, SegmentationFiles
+from segkit.data.encoding import MaskEncoding
+from segkit.data.files import IMAGE_SUFFIXES, DataError
+from segkit.data.scan import Problem, SplitReport, class_warnings, scan_split
+from segkit.data.transforms import WorkerSeeded, build_pipeline
+
+log = logging.getLogger(__name__)
+
+VERIFY_MODES = ("quick", "full", "off")
+MAX_PROBLEMS_SHOWN = 12
+
+
+class FileDataModule(SegDataModule):
+    """What every on-disk layout shares: mask encoding, augmentation pipelines and the start-up check.
+    Subclasses implement `find_samples(split) -> (samples, problems)`."""
+
+    def __init__(
+        self,
+        root: str,
+        mask_encoding: str = "index",
+        mask_values: Sequence[int] | None = None,
+        label_map: Mapping[int, int] | None = None,
+        mask_colors: Sequence[Sequence[int]] | None = None,
+        ignore_color: Sequence[int] | None = None,
+        reduce_zero_label: bool = False,
+        train_transforms: Sequence[Any] | None = None,
+        eval_transforms: Sequence[Any] | None = None,
+        image_max_value: float | None = None,
+        crop_size: Sequence[int] | None = None,
+        repeat: int = 1,
+        verify: str = "quick",
+        **common: Any,
+    ) -> None:
+        """`crop_size` (H, W) is the training crop the pipelines interpolate; `repeat` lists the train split that
+        many times per epoch (small datasets: more random crops between validations)."""
+        super().__init__(**common)
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"data.verify={verify!r} is not one of {VERIFY_MODES}.")
+        self.root = Path(root).expanduser()
+        self.encoding = MaskEncoding(
+            self.num_classes,
+            self.ignore_index,
+            encoding=mask_encoding,
+            values=mask_values,
+            label_map=label_map,
+            colors=mask_colors or (self.palette if mask_encoding == "rgb" else None),
+            ignore_color=ignore_color,
+            reduce_zero_label=reduce_zero_label,
+        )
+        self.pipelines = {"train": build_pipeline(train_transforms), "eval": build_pipeline(eval_transforms)}
+        self.image_max_value = image_max_value
+        self.crop_size = list(crop_size) if crop_size else None
+        self.repeat = repeat
+        self.verify = verify
+        self.problems: dict[str, list[Problem]] = {}  # pairing problems found while listing each split
+
+    def find_samples(self, split: str) -> tuple[list[Sample], list[Problem]]:
+        raise NotImplementedError
+
+    def check_root(self) -> None:
+        if not self.root.is_dir():
+            raise DataError(
+                f"data.root={self.root} is not a folder. Fix: pass the dataset's folder, e.g. data.root=/path/to/data."
+            )
+
+    def make_dataset(self, split: str, augment: bool = True) -> SegmentationFiles:
+        self.check_root()
+        samples, problems = self.find_samples(split)
+        self.problems[split] = problems
+        pipeline = self.pipelines["train" if split == "train" else "eval"] if augment else None
+        return SegmentationFiles(
+            samples,
+            self.encoding,
+            self.in_channels,
+            transform=WorkerSeeded(pipeline) if pipeline is not None else None,
+            image_max_value=self.image_max_value,
+            repeat=self.repeat if split == "train" else 1,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        new = [split for split in SPLITS if split not in self.datasets]
+        super().setup(stage)
+        if self.verify != "off":
+            for split in new:
+                if split in self.datasets:
+                    self.verify_split(split, full=self.verify == "full")
+
+    def inspect_split(
+        self, split: str, full: bool, dataset: SegmentationFiles | None = None, required: bool = True
+    ) -> tuple[SplitReport, list[Problem]]:
+        """Counts, sizes, class pixels and every problem of one split (read without augmentation)."""
+        dataset = dataset if dataset is not None else self.make_dataset(split, augment=False)
+        problems = list(self.problems.get(split, []))
+        if not dataset.samples and not problems:
+            problems.append(Problem(split, "empty split", self.empty_split_message(split), fatal=required))
+        report, found = scan_split(split, dataset, full=full, num_workers=self.num_workers)
+        problems += found + class_warnings(report, self.class_names, self.ignore_index)
+        for problem in problems:
+            problem.split = split
+        return report, problems
+
+    def verify_split(self, split: str, full: bool) -> None:
+        """Stops the run on bad files, listing every problem found, before any training step."""
+        _, problems = self.inspect_split(split, full, self.datasets[split])
+        for problem in problems:
+            if not problem.fatal:
+                log.warning("data check, %s split: %s", split, problem)
+        fatal = [p for p in problems if p.fatal]
+        if fatal:
+            raise DataError(format_problems(split, fatal))
+
+    def empty_split_message(self, split: str) -> str:
+        return f"The {split} split has no samples. Fix: check data.root and the split settings."
+
+
+def format_problems(split: str, problems: list[Problem]) -> str:
+    lines = [f"{len(problems)} problem(s) in the {split} split:"]
+    lines += [f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN]]
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+    lines.append(
+        "See every problem with `python -m segkit.data.check data=<name> data.root=<folder>`; fix or remove the "
+        "files named above (data.verify=off skips this check, at your own risk)."
+    )
+    return "\n".join(lines)
+
+
+def _suffixes(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _strip_suffix(name: str, suffixes: tuple[str, ...]) -> str | None:
+    lower = name.lower()
+    for suffix in suffixes:
+        if lower.endswith(suffix.lower()):
+            return name[: len(name) - len(suffix)]
+    return None
+
+
+def list_keys(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """key (relative path without the suffix) -> file, for every file under `folder` with one of the suffixes."""
+    keys = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.startswith("."):
+            key = _strip_suffix(path.relative_to(folder).as_posix(), suffixes)
+            if key is not None:
+                keys[key] = path
+    return keys
+
+
+class FolderDataModule(FileDataModule):
+    """Images under `root/image_dir`, masks under `root/mask_dir`, matched by relative path and stem:
+    `image_dir/<key><image_suffix>` pairs with `mask_dir/<key><mask_suffix>`; sub-folders are searched.
+
+    `split_by` says what `splits` holds for each split:
+    - folders: a folder name put in place of `{split}` in image_dir and mask_dir (e.g. `images/{split}`);
+    - lists: a text file (relative to root) of keys, one per line (VOC's ImageSets);
+    - ratio: a fraction of all pairs, drawn with `split_seed` (e.g. {train: 0.8, val: 0.2}).
+    A split missing from `splits` is empty."""
+
+    def __init__(
+        self,
+        root: str,
+        image_dir: str = "images",
+        mask_dir: str = "masks",
+        image_suffix: str | Sequence[str] = IMAGE_SUFFIXES,
+        mask_suffix: str = ".png",
+        split_by: str = "ratio",
+        splits: Mapping[str, Any] | None = None,
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, **kwargs)
+        if split_by not in ("folders", "lists", "ratio"):
+            raise ValueError(f"data.split_by={split_by!r} is not one of folders, lists, ratio.")
+        if split_by == "folders" and "{split}" not in image_dir + mask_dir:
+            raise ValueError(
+                "data.split_by=folders needs {split} in data.image_dir and data.mask_dir, e.g. images/{split}."
+            )
+        splits = dict(splits or {})
+        unknown = set(splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"data.splits has unknown split(s) {sorted(unknown)}; use {SPLITS}.")
+        if split_by == "ratio":
+            total = sum(float(v) for v in splits.values())
+            if total > 1 + 1e-6 or any(float(v) < 0 for v in splits.values()):
+                raise ValueError(f"data.splits fractions must be >= 0 and sum to at most 1, got {splits}.")
+        self.image_dir, self.mask_dir = image_dir, mask_dir
+        self.image_suffixes = _suffixes(image_suffix)
+        self.mask_suffix = mask_suffix
+        self.split_by = split_by
+        self.splits = splits
+        self.split_seed = split_seed
+
+    def _dirs(self, split: str) -> tuple[Path, Path]:
+        name = self.splits.get(split, split)
+        return self.root / self.image_dir.format(split=name), self.root / self.mask_dir.format(split=name)
+
+    def find_samples(self, split: str) -> tuple[list[Sample], list[Problem]]:
+        if split not in self.splits:
+            return [], []
+        image_dir, mask_dir = self._dirs(split)
+        problems: list[Problem] = []
+        if self.split_by == "lists":
+            keys, problems = self._listed_images(split, image_dir)
+        else:
+            keys = list_keys(image_dir, self.image_suffixes) if image_dir.is_dir() else {}
+            masks = list_keys(mask_dir, (self.mask_suffix,)) if mask_dir.is_dir() else {}
+            problems += [
+                Problem(str(path), "mask without image", f"{path}: a mask with no image in {image_dir}.", fatal=False)
+                for key, path in masks.items()
+                if key not in keys
+            ]
+            if self.split_by == "ratio":
+                keys = _ratio_split(keys, self.splits, split, self.split_seed)
+        samples = []
+        for key, image in keys.items():
+            mask = mask_dir / f"{key}{self.mask_suffix}"
+            if mask.is_file():
+                samples.append(Sample(image, mask, key))
+            else:
+                problems.append(
+                    Problem(
+                        str(image),
+                        "missing mask",
+                        f"{image}: no mask; expected {mask}. Fix: add the mask, remove the image, or set "
+                        f"data.mask_dir / data.mask_suffix.",
+                    )
+                )
+        return samples, problems
+
+    def _listed_images(self, split: str, image_dir: Path) -> tuple[dict[str, Path], list[Problem]]:
+        list_file = self.root / str(self.splits[split])
+        if not list_file.is_file():
+            return {}, [Problem(str(list_file), "missing list", f"{list_file}: the {split} list file does not exist.")]
+        keys, problems = {}, []
+        for key in _read_lines(list_file):
+            key = key.split()[0]
+            found = next((image_dir / f"{key}{s}" for s in self.image_suffixes if (image_dir / f"{key}{s}").is_file()), None)
+            if found is None:
+                problems.append(
+                    Problem(
+                        str(list_file),
+                        "missing image",
+                        f"{list_file}: lists {key!r} but no {image_dir / key}{{{','.join(self.image_suffixes)}}} exists.",
+                    )
+                )
+            else:
+                keys[key] = found
+        return keys, problems
+
+    def empty_split_message(self, split: str) -> str:
+        if split not in self.splits:
+            return f"data.splits has no {split} entry. Fix: add one (e.g. data.splits.{split}=...), or run with test=false."
+        image_dir, _ = self._dirs(split)
+        return (
+            f"No image ending in {self.image_suffixes} found under {image_dir} for the {split} split. "
+            f"Fix: check data.root, data.image_dir and data.image_suffix."
+        )
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _ratio_split(keys: dict[str, Path], ratios: Mapping[str, Any], split: str, seed: int) -> dict[str, Path]:
+    """The same partition for every split of one seed: shuffle the sorted keys, cut by cumulative fractions."""
+    order = sorted(keys)
+    perm = np.random.default_rng(seed).permutation(len(order))
+    start = 0.0
+    for name in SPLITS:
+        fraction = float(ratios.get(name, 0))
+        lo, hi = round(start * len(order)), round((start + fraction) * len(order))
+        if name == split:
+            return {order[i]: keys[order[i]] for i in sorted(perm[lo:hi])}
+        start += fraction
+    return {}
+
+
+class ListFileDataModule(FileDataModule):
+    """List files with `image_path mask_path` per line (CamVid/SegNet), paths relative to `root` (or absolute).
+    `strip_prefix` removes a prefix baked into the lists, e.g. SegNet's `/SegNet/CamVid/`."""
+
+    def __init__(self, root: str, lists: Mapping[str, str] | None = None, strip_prefix: str = "", **kwargs: Any):
+        super().__init__(root=root, **kwargs)
+        self.lists = dict(lists or {})
+        self.strip_prefix = strip_prefix
+
+    def _resolve(self, entry: str) -> Path:
+        if self.strip_prefix and entry.startswith(self.strip_prefix):
+            entry = entry[len(self.strip_prefix) :]
+        return self.root / entry  # an absolute entry stays absolute
+
+    def find_samples(self, split: str) -> tuple[list[Sample], list[Problem]]:
+        if split not in self.lists:
+            return [], []
+        list_file = self.root / self.lists[split]
+        if not list_file.is_file():
+            return [], [Problem(str(list_file), "missing list", f"{list_file}: the {split} list file does not exist.")]
+        samples, problems = [], []
+        for number, line in enumerate(_read_lines(list_file), start=1):
+            parts = line.split()
+            if len(parts) != 2:
+                problems.append(
+                    Problem(str(list_file), "bad list line", f"{list_file}:{number}: expected `image mask`, got {line!r}.")
+                )
+                continue
+            image, mask = (self._resolve(p) for p in parts)
+            missing = [p for p in (image, mask) if not p.is_file()]
+            if missing:
+                problems.append(
+                    Problem(
+                        str(missing[0]),
+                        "missing file",
+                        f"{list_file}:{number}: {', '.join(map(str, missing))} not found. "
+                        f"Fix: check data.root (and data.strip_prefix for lists with absolute paths).",
+                    )
+                )
+                continue
+            samples.append(Sample(image, mask, Path(parts[0]).with_suffix("").as_posix().lstrip("/")))
+        return samples, problems
+
+    def empty_split_message(self, split: str) -> str:
+        if split not in self.lists:
+            return f"data.lists has no {split} entry. Fix: add one, or run with test=false."
+        return f"The {split} list {self.root / self.lists[split]} has no entries."

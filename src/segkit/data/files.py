@@ -1,0 +1,126 @@
+"""Reading images and masks from disk, with errors that name the file and say what to do.
+
+PNG, JPEG and BMP go through Pillow; TIFF through tifffile, which keeps 16-bit and multi-band data as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+# Pillow modes that hold one 8-bit value per channel; anything else (16-bit, 32-bit, float) is read as it is.
+EIGHT_BIT_MODES = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+class DataError(ValueError):
+    """A problem with one file of a dataset; the message names the file and the fix."""
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in TIFF_SUFFIXES
+
+
+def _unreadable(path: Path, err: Exception) -> DataError:
+    return DataError(
+        f"{path}: cannot be read ({type(err).__name__}: {err}). The file is truncated, corrupt or not an image. "
+        f"Fix: re-export or re-download it, or remove it (and its pair) from the dataset."
+    )
+
+
+def read_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    path = Path(path)
+    try:
+        if _is_tiff(path):
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        with Image.open(path) as img:
+            return img.height, img.width
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found.") from None
+    except (OSError, UnidentifiedImageError, ValueError, tifffile.TiffFileError) as err:
+        raise _unreadable(path, err) from err
+
+
+def _decode(path: Path, pil_mode: str | None = None) -> np.ndarray:
+    try:
+        if _is_tiff(path):
+            return np.asarray(tifffile.imread(path))
+        with Image.open(path) as img:
+            img.load()  # decodes every byte: a truncated file fails here, not in a worker later
+            if pil_mode is not None and img.mode in EIGHT_BIT_MODES and img.mode != pil_mode:
+                img = img.convert(pil_mode)
+            return np.array(img)  # a writable copy: torch tensors may share its memory
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found.") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, tifffile.TiffFileError) as err:
+        raise _unreadable(path, err) from err
+
+
+def read_image(path: Path, in_channels: int) -> np.ndarray:
+    """(H, W, C) array with C == in_channels, in the file's own dtype (uint8, uint16, float...).
+
+    8-bit files are converted by Pillow to what the model takes (grey to RGB, RGBA to RGB, palette to RGB); a
+    one-channel image of any depth is repeated for a three-channel model; anything else must match."""
+    path = Path(path)
+    pil_mode = {1: "L", 3: "RGB"}.get(in_channels)
+    image = _decode(path, pil_mode)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    elif image.ndim == 3 and image.shape[0] == in_channels and image.shape[2] != in_channels:
+        image = np.moveaxis(image, 0, -1)  # planar TIFF: (C, H, W)
+    if image.ndim != 3:
+        raise DataError(f"{path}: an image of shape {image.shape} (a stack or volume?); expected (H, W[, C]).")
+    channels = image.shape[2]
+    if channels == 1 and in_channels == 3:
+        image = np.repeat(image, 3, axis=2)
+    elif channels != in_channels:
+        raise DataError(
+            f"{path}: has {channels} channel(s) but data.in_channels is {in_channels}. "
+            f"Fix: set data.in_channels={channels} (the backbone's first layer adapts), or convert the file."
+        )
+    return np.ascontiguousarray(image)
+
+
+def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
+    """(H, W) integer array of the stored values, or (H, W, 3) uint8 colours when `rgb`.
+
+    Palette PNGs give their indices (not their colours), as VOC and most tools intend."""
+    path = Path(path)
+    mask = _decode(path, "RGB" if rgb else None)
+    if rgb:
+        if mask.ndim == 2 or mask.shape[-1] != 3:
+            raise DataError(
+                f"{path}: data.mask_encoding is rgb but the mask has shape {mask.shape}. "
+                f"Fix: use mask_encoding=index (or values) for single-channel masks."
+            )
+        return mask
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):
+        colours = mask[:, :, :3]
+        if (colours == colours[:, :, :1]).all():  # grey saved as RGB
+            return colours[:, :, 0]
+        raise DataError(
+            f"{path}: a colour mask, but data.mask_encoding is not rgb. Fix: set data.mask_encoding=rgb "
+            f"(colours are mapped to classes through data.mask_colors or data.palette), or save index masks."
+        )
+    if mask.ndim != 2:
+        raise DataError(f"{path}: a mask of shape {mask.shape}; expected one channel (H, W).")
+    if not np.issubdtype(mask.dtype, np.integer) and not np.issubdtype(mask.dtype, np.bool_):
+        if not np.array_equal(mask, np.round(mask)):
+            raise DataError(f"{path}: mask values are not whole numbers ({mask.dtype}). Fix: store class ids.")
+    return mask.astype(np.int64, copy=False)
+
+
+def image_scale(dtype: np.dtype, max_value: float | None = None) -> float:
+    """The value that maps to 1.0: the configured one, else the dtype's full range (floats are taken as is)."""
+    if max_value is not None:
+        return float(max_value)
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    return 1.0

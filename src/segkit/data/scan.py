@@ -1,0 +1,172 @@
+"""Scanning a dataset's files: what the data check reports and what guards a run at start-up.
+
+A quick scan reads every file's header (pairs, sizes, readability) and decodes up to 64 files per split, spread
+over it (all of a small dataset); a full scan decodes everything. Files are read in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from segkit.data.dataset import SegmentationFiles
+from segkit.data.files import DataError, read_size
+
+
+@dataclass
+class Problem:
+    path: str
+    kind: str  # a short tag: missing mask, unreadable, size mismatch, bad values, unlabelled, empty split ...
+    message: str
+    fatal: bool = True
+    split: str = ""
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] {self.message}"
+
+
+@dataclass
+class SplitReport:
+    split: str
+    num_samples: int = 0
+    decoded: int = 0
+    sizes: Counter = field(default_factory=Counter)  # (H, W) -> count
+    dtypes: Counter = field(default_factory=Counter)
+    class_pixels: np.ndarray | None = None
+    ignore_pixels: int = 0
+
+    def frequencies(self) -> np.ndarray:
+        total = self.class_pixels.sum() if self.class_pixels is not None else 0
+        return self.class_pixels / total if total else np.zeros_like(self.class_pixels, dtype=float)
+
+
+class _FileScan(Dataset):
+    """One item per sample: its header facts, and (when decoding) its class histogram, or the problem found."""
+
+    def __init__(self, dataset: SegmentationFiles, decode: set[int]) -> None:
+        self.dataset = dataset
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset.samples[index]
+        out: dict[str, Any] = {"index": index, "problem": None, "size": None, "dtype": None, "hist": None}
+        try:
+            size = read_size(sample.image)
+            mask_size = read_size(sample.mask)
+            if size != mask_size:
+                raise DataError(
+                    f"{sample.mask}: mask is {mask_size[0]}x{mask_size[1]} (HxW) but its image {sample.image} is "
+                    f"{size[0]}x{size[1]}. Fix: the mask must have the image's size; re-export it."
+                )
+            out["size"] = size
+            if index in self.decode:
+                image, mask = self.dataset.load(index)
+                out["dtype"] = str(image.dtype)
+                encoding = self.dataset.encoding
+                labelled = mask[mask != encoding.ignore_index] if encoding.ignore_index is not None else mask
+                out["hist"] = np.bincount(labelled.ravel(), minlength=encoding.num_classes).tolist()
+                out["ignore"] = int(mask.size - labelled.size)
+        except DataError as err:
+            out["problem"] = (_problem_kind(str(err)), str(err))
+        return out
+
+
+def _problem_kind(message: str) -> str:
+    for needle, kind in (
+        ("cannot be read", "unreadable"),
+        ("file not found", "missing file"),
+        ("(HxW)", "size mismatch"),
+        ("are not known", "bad mask values"),
+        ("no labelled pixel", "unlabelled mask"),
+        ("channel", "channels"),
+    ):
+        if needle in message:
+            return kind
+    return "bad file"
+
+
+def scan_split(
+    split: str,
+    dataset: SegmentationFiles,
+    full: bool,
+    num_samples_decoded: int = 64,
+    num_workers: int = 0,
+) -> tuple[SplitReport, list[Problem]]:
+    n = len(dataset.samples)
+    decode = set(range(n)) if full else set(np.linspace(0, n - 1, min(n, num_samples_decoded)).astype(int).tolist())
+    report = SplitReport(split, num_samples=n, class_pixels=np.zeros(dataset.encoding.num_classes, dtype=np.int64))
+    problems: list[Problem] = []
+    if n == 0:
+        return report, problems
+    loader = DataLoader(_FileScan(dataset, decode), batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+    for item in loader:
+        sample = dataset.samples[item["index"]]
+        if item["problem"] is not None:
+            kind, message = item["problem"]
+            path = sample.mask if message.startswith(str(sample.mask)) else sample.image
+            problems.append(Problem(str(path), kind, message))
+            continue
+        report.sizes[item["size"]] += 1
+        if item["hist"] is not None:
+            report.decoded += 1
+            report.dtypes[item["dtype"]] += 1
+            report.class_pixels += np.asarray(item["hist"], dtype=np.int64)
+            report.ignore_pixels += item["ignore"]
+    return report, problems
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def class_warnings(report: SplitReport, class_names: list[str], ignore_index: int | None) -> list[Problem]:
+    """Signs of a mask encoding that is wrong but still gives valid ids (e.g. 0/255 masks read as index, so the
+    255 class is ignored): a split that is mostly ignore, and (after a full scan) classes that never appear."""
+    problems = []
+    if report.decoded == 0:
+        return problems
+    seen = f"{report.decoded} decoded mask(s) of the {report.split} split"
+    total = report.class_pixels.sum() + report.ignore_pixels
+    if total and report.ignore_pixels / total > 0.5:
+        share = report.ignore_pixels / total
+        present = int((report.class_pixels > 0).sum())
+        # Mostly ignore with a single class left is an encoding mistake, not a dataset: nothing to learn.
+        problems.append(
+            Problem(
+                report.split,
+                "mostly ignored",
+                f"{share:.0%} of the pixels in {seen} are ignore_index {ignore_index}"
+                + (f" and the rest is one class" if present <= 1 else "")
+                + f". If a class is stored as {ignore_index}, map it with data.mask_encoding=values "
+                f"(e.g. data.mask_values=[0,{ignore_index}]) or data.label_map.",
+                fatal=present <= 1,
+            )
+        )
+    absent = [name for name, pixels in zip(class_names, report.class_pixels) if pixels == 0]
+    if absent and report.decoded == report.num_samples:
+        problems.append(
+            Problem(report.split, "class absent", f"no pixel of class(es) {absent} in {seen}.", fatal=False)
+        )
+    return problems
+
+
+def suggest_class_weights(class_pixels: np.ndarray, method: str = "median") -> list[float]:
+    """Class weights for the loss from pixel counts: `median` frequency balancing (SegNet) or `enet`'s
+    1 / ln(1.02 + p). Absent classes get weight 0 (nothing to balance)."""
+    freq = class_pixels / max(class_pixels.sum(), 1)
+    present = freq > 0
+    weights = np.zeros_like(freq, dtype=float)
+    if method == "median":
+        weights[present] = np.median(freq[present]) / freq[present]
+    elif method == "enet":
+        weights[present] = 1.0 / np.log(1.02 + freq[present])
+    else:
+        raise ValueError(f"Unknown class-weight method {method!r}: use median or enet.")
+    return [round(float(w), 4) for w in weights]
