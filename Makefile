@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train evaluate test test-fast clean
+.PHONY: setup train evaluate check-data browse-data test test-fast clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,14 @@ train: setup
 ## Score a checkpoint: make evaluate ARGS="ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"
 evaluate: setup
 	$(PY) evaluate.py $(ARGS)
+
+## Scan a dataset and report problems: make check-data ARGS="data=membrane data.root=../shared/datasets/isbi2012-membrane"
+check-data: setup
+	$(PY) -m segkit.data.check $(ARGS)
+
+## A PNG of augmented samples with their masks: make browse-data ARGS="data=membrane data.root=..."
+browse-data: setup
+	$(PY) -m segkit.data.browse $(ARGS)
 
 ## The whole test suite, offline (W&B offline, no downloads).
 test: setup

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 import segkit  # noqa: F401  (registers the config resolvers)
 from conftest import CONF, compose_config
 
-GROUPS = ["data", "model", "backbone", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
+GROUPS = ["data", "augment", "model", "backbone", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
           "experiment", "debug"]
 CHOICES = [(group, p.stem) for group in GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
 

@@ -28,7 +28,9 @@ class SegDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool | None = None,
+        crop_size: Sequence[int] | None = None,
     ) -> None:
+        """`crop_size` (H, W): the size of training images (the crop the augmentation pipelines take)."""
         super().__init__()
         if len(class_names) != num_classes or len(palette) != num_classes:
             raise ValueError(
@@ -44,6 +46,7 @@ class SegDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.crop_size = list(crop_size) if crop_size else None
         self.datasets: dict[str, Dataset] = {}
 
     def make_dataset(self, split: str) -> Dataset:

@@ -41,13 +41,12 @@ class FileDataModule(SegDataModule):
         train_transforms: Sequence[Any] | None = None,
         eval_transforms: Sequence[Any] | None = None,
         image_max_value: float | None = None,
-        crop_size: Sequence[int] | None = None,
         repeat: int = 1,
         verify: str = "quick",
         **common: Any,
     ) -> None:
-        """`crop_size` (H, W) is the training crop the pipelines interpolate; `repeat` lists the train split that
-        many times per epoch (small datasets: more random crops between validations)."""
+        """`repeat` lists the train split that many times per epoch (small datasets: more random crops between
+        validations)."""
         super().__init__(**common)
         if verify not in VERIFY_MODES:
             raise ValueError(f"data.verify={verify!r} is not one of {VERIFY_MODES}.")
@@ -64,7 +63,6 @@ class FileDataModule(SegDataModule):
         )
         self.pipelines = {"train": build_pipeline(train_transforms), "eval": build_pipeline(eval_transforms)}
         self.image_max_value = image_max_value
-        self.crop_size = list(crop_size) if crop_size else None
         self.repeat = repeat
         self.verify = verify
         self.problems: dict[str, list[Problem]] = {}  # pairing problems found while listing each split
@@ -96,9 +94,7 @@ class FileDataModule(SegDataModule):
         new = [split for split in SPLITS if split not in self.datasets]
         super().setup(stage)
         if self.verify != "off":
-            for split in new:
-                if split in self.datasets:
-                    self.verify_split(split, full=self.verify == "full")
+            self.verify_splits([split for split in new if split in self.datasets], full=self.verify == "full")
 
     def inspect_split(
         self, split: str, full: bool, dataset: SegmentationFiles | None = None, required: bool = True
@@ -114,23 +110,25 @@ class FileDataModule(SegDataModule):
             problem.split = split
         return report, problems
 
-    def verify_split(self, split: str, full: bool) -> None:
-        """Stops the run on bad files, listing every problem found, before any training step."""
-        _, problems = self.inspect_split(split, full, self.datasets[split])
-        for problem in problems:
-            if not problem.fatal:
-                log.warning("data check, %s split: %s", split, problem)
-        fatal = [p for p in problems if p.fatal]
+    def verify_splits(self, splits: list[str], full: bool) -> None:
+        """Stops the run before any training step, listing every problem of every split."""
+        fatal = []
+        for split in splits:
+            _, problems = self.inspect_split(split, full, self.datasets[split])
+            for problem in problems:
+                if not problem.fatal:
+                    log.warning("data check, %s split: %s", split, problem)
+            fatal += [p for p in problems if p.fatal]
         if fatal:
-            raise DataError(format_problems(split, fatal))
+            raise DataError(format_problems(fatal))
 
     def empty_split_message(self, split: str) -> str:
         return f"The {split} split has no samples. Fix: check data.root and the split settings."
 
 
-def format_problems(split: str, problems: list[Problem]) -> str:
-    lines = [f"{len(problems)} problem(s) in the {split} split:"]
-    lines += [f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN]]
+def format_problems(problems: list[Problem]) -> str:
+    lines = [f"{len(problems)} problem(s) in the data:"]
+    lines += [f"  - {p.split}: {p}" for p in problems[:MAX_PROBLEMS_SHOWN]]
     if len(problems) > MAX_PROBLEMS_SHOWN:
         lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
     lines.append(
@@ -168,10 +166,11 @@ class FolderDataModule(FileDataModule):
     `image_dir/<key><image_suffix>` pairs with `mask_dir/<key><mask_suffix>`; sub-folders are searched.
 
     `split_by` says what `splits` holds for each split:
-    - folders: a folder name put in place of `{split}` in image_dir and mask_dir (e.g. `images/{split}`);
+    - folders: a folder name, put in place of `{split}` in image_dir and mask_dir (`{split}/images`), or
+      appended to them (`images` -> `images/<name>`);
     - lists: a text file (relative to root) of keys, one per line (VOC's ImageSets);
     - ratio: a fraction of all pairs, drawn with `split_seed` (e.g. {train: 0.8, val: 0.2}).
-    A split missing from `splits` is empty."""
+    A split missing from `splits` (or null) is empty."""
 
     def __init__(
         self,
@@ -188,11 +187,7 @@ class FolderDataModule(FileDataModule):
         super().__init__(root=root, **kwargs)
         if split_by not in ("folders", "lists", "ratio"):
             raise ValueError(f"data.split_by={split_by!r} is not one of folders, lists, ratio.")
-        if split_by == "folders" and "{split}" not in image_dir + mask_dir:
-            raise ValueError(
-                "data.split_by=folders needs {split} in data.image_dir and data.mask_dir, e.g. images/{split}."
-            )
-        splits = dict(splits or {})
+        splits = {k: v for k, v in (splits or {}).items() if v is not None}
         unknown = set(splits) - set(SPLITS)
         if unknown:
             raise ValueError(f"data.splits has unknown split(s) {sorted(unknown)}; use {SPLITS}.")
@@ -201,6 +196,7 @@ class FolderDataModule(FileDataModule):
             if total > 1 + 1e-6 or any(float(v) < 0 for v in splits.values()):
                 raise ValueError(f"data.splits fractions must be >= 0 and sum to at most 1, got {splits}.")
         self.image_dir, self.mask_dir = image_dir, mask_dir
+        self.dirs = (image_dir, mask_dir)
         self.image_suffixes = _suffixes(image_suffix)
         self.mask_suffix = mask_suffix
         self.split_by = split_by
@@ -208,8 +204,10 @@ class FolderDataModule(FileDataModule):
         self.split_seed = split_seed
 
     def _dirs(self, split: str) -> tuple[Path, Path]:
-        name = self.splits.get(split, split)
-        return self.root / self.image_dir.format(split=name), self.root / self.mask_dir.format(split=name)
+        if self.split_by != "folders":
+            return self.root / self.image_dir, self.root / self.mask_dir
+        name = str(self.splits.get(split, split))
+        return tuple(self.root / (d.format(split=name) if "{split}" in d else f"{d}/{name}") for d in self.dirs)
 
     def find_samples(self, split: str) -> tuple[list[Sample], list[Problem]]:
         if split not in self.splits:
@@ -298,7 +296,7 @@ class ListFileDataModule(FileDataModule):
 
     def __init__(self, root: str, lists: Mapping[str, str] | None = None, strip_prefix: str = "", **kwargs: Any):
         super().__init__(root=root, **kwargs)
-        self.lists = dict(lists or {})
+        self.lists = {k: v for k, v in (lists or {}).items() if v is not None}
         self.strip_prefix = strip_prefix
 
     def _resolve(self, entry: str) -> Path:
@@ -332,7 +330,8 @@ class ListFileDataModule(FileDataModule):
                     )
                 )
                 continue
-            samples.append(Sample(image, mask, Path(parts[0]).with_suffix("").as_posix().lstrip("/")))
+            name = image.relative_to(self.root) if image.is_relative_to(self.root) else image
+            samples.append(Sample(image, mask, name.with_suffix("").as_posix().lstrip("/")))
         return samples, problems
 
     def empty_split_message(self, split: str) -> str:
