@@ -10,6 +10,13 @@ from PIL import Image
 
 MEMBRANE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "isbi2012-membrane"
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (256 * 3 - 12)
+THREE_CLASSES = ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=[[0,0,0],[255,0,0],[0,255,0]]"]
+
+
+def folder_overrides(root: Path, *extra: str) -> list[str]:
+    """`data=folder` on `root` (images/, masks/), every pair in the train split, three classes."""
+    return ["data=folder", f"data.root={root}", "data.splits={train:1.0,val:null}", *THREE_CLASSES,
+            "data.num_workers=0", *extra]
 
 
 def save(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:

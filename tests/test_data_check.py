@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
-from fake_data import MEMBRANE, blocks, copy_membrane, image_for, save
+from fake_data import MEMBRANE, blocks, copy_membrane, folder_overrides, image_for, save
 from segkit.data.check import check_dataset
 from segkit.data.files import DataError
 from segkit.tasks.train import train
@@ -132,16 +132,14 @@ def test_an_all_ignore_mask_and_empty_or_missing_folders_are_errors(tmp_path):
     for i in range(3):
         save(tmp_path / f"d/images/{i}.png", image_for(mask, rng))
         save(tmp_path / f"d/masks/{i}.png", mask if i else np.full_like(mask, 255))
-    common = ["data=folder", "data.splits={train:1.0,val:null}", "data.num_classes=3", "data.class_names=[a,b,c]",
-              "data.palette=[[0,0,0],[1,1,1],[2,2,2]]", "data.num_workers=0"]
-    datamodule = instantiate(compose_config("train", [*common, f"data.root={tmp_path / 'd'}"], tmp_path / "r").data)
+    datamodule = instantiate(compose_config("train", folder_overrides(tmp_path / "d"), tmp_path / "r").data)
     with pytest.raises(DataError, match=r"masks/0\.png: no labelled pixel"):
         datamodule.setup("fit")
     (tmp_path / "empty/images").mkdir(parents=True)
-    datamodule = instantiate(compose_config("train", [*common, f"data.root={tmp_path / 'empty'}"], tmp_path / "r").data)
+    datamodule = instantiate(compose_config("train", folder_overrides(tmp_path / "empty"), tmp_path / "r").data)
     with pytest.raises(DataError, match=r"No image ending in .* found under .*empty/images"):
         datamodule.setup("fit")
-    datamodule = instantiate(compose_config("train", [*common, f"data.root={tmp_path / 'nowhere'}"], tmp_path / "r").data)
+    datamodule = instantiate(compose_config("train", folder_overrides(tmp_path / "nowhere"), tmp_path / "r").data)
     with pytest.raises(DataError, match=r"data.root=.*nowhere is not a folder"):
         datamodule.setup("fit")
 
@@ -154,9 +152,7 @@ def test_images_of_different_sizes_in_one_batch_get_a_clear_error(tmp_path):
         save(tmp_path / f"d/masks/{i}.png", mask)
     cfg = compose_config(
         "train",
-        ["data=folder", f"data.root={tmp_path / 'd'}", "data.splits={train:null,val:1.0}", "data.eval_batch_size=2",
-         "data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=[[0,0,0],[1,1,1],[2,2,2]]",
-         "data.num_workers=0"],
+        folder_overrides(tmp_path / "d", "data.splits={train:null,val:1.0}", "data.eval_batch_size=2"),
         tmp_path / "r",
     )
     datamodule = instantiate(cfg.data)

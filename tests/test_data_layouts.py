@@ -10,10 +10,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
-from fake_data import MEMBRANE, VOC_PALETTE, blocks, image_for, save
+from fake_data import MEMBRANE, THREE_CLASSES, VOC_PALETTE, blocks, folder_overrides, image_for, save
 from segkit.data.files import DataError
 
-THREE_CLASSES = ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=[[0,0,0],[255,0,0],[0,255,0]]"]
 
 
 def build(tmp_path: Path, *overrides: str):
@@ -52,6 +51,7 @@ def test_folder_ratio_split_is_a_seeded_partition_over_sub_folders(tmp_path):
     assert set(raw_items(other_seed, "train")) != set(splits["train"])
 
 
+@pytest.mark.skipif(not MEMBRANE.is_dir(), reason="needs ../shared/datasets/isbi2012-membrane")
 def test_folder_reads_the_membrane_set_as_distributed(tmp_path):
     dm = build(
         tmp_path,
@@ -196,8 +196,7 @@ def test_rgb_colour_masks_map_through_the_palette(tmp_path):
     bad[0, 0] = (1, 2, 3)
     save(tmp_path / "d/images/1.png", image_for(mask, rng))
     save(tmp_path / "d/masks/1.png", bad)
-    dm = build(tmp_path, "data=folder", f"data.root={tmp_path / 'd'}", "data.splits={train:1.0,val:null}",
-               "data.mask_encoding=rgb", *THREE_CLASSES)
+    dm = build(tmp_path, *folder_overrides(tmp_path / "d", "data.mask_encoding=rgb"))
     dataset = dm.make_dataset("train", augment=False)
     assert torch.equal(dataset[0]["mask"], torch.from_numpy(mask).long())
     with pytest.raises(DataError, match=r"1\.png: mask values \{\(1, 2, 3\)\}"):
@@ -213,8 +212,7 @@ def test_sixteen_bit_and_multiband_tiffs(tmp_path):
     tifffile.imwrite(tmp_path / "d/images/planar.tif", np.moveaxis(bands, -1, 0), planarconfig="separate")
     for name in ("hwc", "planar"):
         save(tmp_path / f"d/masks/{name}.png", mask)
-    dm = build(tmp_path, "data=folder", f"data.root={tmp_path / 'd'}", "data.splits={train:1.0,val:null}",
-               "data.in_channels=5", "data.image_max_value=4095", *THREE_CLASSES)
+    dm = build(tmp_path, *folder_overrides(tmp_path / "d", "data.in_channels=5", "data.image_max_value=4095"))
     items = raw_items(dm, "train")
     expected = torch.from_numpy(np.moveaxis(bands, -1, 0).astype(np.float32) / 4095)
     for item in items.values():
@@ -224,8 +222,7 @@ def test_sixteen_bit_and_multiband_tiffs(tmp_path):
     (tmp_path / "g/images").mkdir(parents=True)
     tifffile.imwrite(tmp_path / "g/images/0.tif", grey)
     save(tmp_path / "g/masks/0.png", mask)
-    dm = build(tmp_path, "data=folder", f"data.root={tmp_path / 'g'}", "data.splits={train:1.0,val:null}",
-               "data.in_channels=1", *THREE_CLASSES)
+    dm = build(tmp_path, *folder_overrides(tmp_path / "g", "data.in_channels=1"))
     image = raw_items(dm, "train")["0"]["image"]
     assert torch.allclose(image, torch.from_numpy(grey.astype(np.float32) / 65535)[None])
 
@@ -235,12 +232,12 @@ def test_grey_png_feeds_a_three_channel_model_and_extra_bands_are_refused(tmp_pa
     mask = blocks(rng)
     save(tmp_path / "d/images/grey.png", image_for(mask, rng, channels=1))
     save(tmp_path / "d/masks/grey.png", mask)
-    dm = build(tmp_path, "data=folder", f"data.root={tmp_path / 'd'}", "data.splits={train:1.0,val:null}", *THREE_CLASSES)
+    dm = build(tmp_path, *folder_overrides(tmp_path / "d"))
     image = raw_items(dm, "train")["grey"]["image"]
     assert image.shape == (3, 24, 32) and torch.equal(image[0], image[2])
     tifffile.imwrite(tmp_path / "d/images/four.tif", rng.integers(0, 255, (24, 32, 4)).astype(np.uint8))
     save(tmp_path / "d/masks/four.png", mask)
-    dm = build(tmp_path, "data=folder", f"data.root={tmp_path / 'd'}", "data.splits={train:1.0,val:null}", *THREE_CLASSES)
+    dm = build(tmp_path, *folder_overrides(tmp_path / "d"))
     dataset = dm.make_dataset("train", augment=False)
     with pytest.raises(DataError, match=r"four\.tif: has 4 channel\(s\) but data.in_channels is 3.*in_channels=4"):
         dataset[[s.name for s in dataset.samples].index("four")]

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from conftest import compose_config
-from fake_data import blocks, image_for, save
+from fake_data import blocks, folder_overrides, image_for, save
 from segkit.data.transforms import CatMaxRatioCrop, WorkerSeeded
 
 
@@ -49,9 +49,7 @@ def test_default_pipeline_keeps_mask_ids_and_moves_them_with_the_image(tmp_path)
         save(tmp_path / f"d/masks/{i}.png", mask)
     cfg = compose_config(
         "train",
-        ["data=folder", f"data.root={tmp_path / 'd'}", "data.splits={train:1.0,val:null}", "data.crop_size=[40,40]",
-         "data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=[[0,0,0],[1,1,1],[2,2,2]]",
-         "data.num_workers=0"],
+        folder_overrides(tmp_path / "d", "data.crop_size=[40,40]"),
         tmp_path / "run",
     )
     dataset = instantiate(cfg.data).make_dataset("train")
@@ -108,9 +106,7 @@ def test_every_augment_option_runs_on_real_files(tmp_path, augment):
     save(tmp_path / "d/masks/0.png", mask)
     cfg = compose_config(
         "train",
-        [f"augment={augment}", "data=folder", f"data.root={tmp_path / 'd'}", "data.splits={train:1.0,val:null}",
-         "data.crop_size=[32,40]", "data.num_classes=3", "data.class_names=[a,b,c]",
-         "data.palette=[[0,0,0],[1,1,1],[2,2,2]]", "data.num_workers=0"],
+        folder_overrides(tmp_path / "d", f"augment={augment}", "data.crop_size=[32,40]"),
         tmp_path / "run",
     )
     item = instantiate(cfg.data).make_dataset("train")[0]
