@@ -17,7 +17,8 @@ def confusion_metric(num_classes: int, ignore_index: int | None) -> MulticlassCo
 
 def scores_from_confusion(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rows are ground truth, columns predictions. A class absent from both has NaN IoU/Dice and is
-    left out of the means, as MMSegmentation does."""
+    left out of the means, as MMSegmentation does; precision is NaN for a class never predicted, recall
+    for a class never present."""
     confmat = confmat.double()
     tp = confmat.diag()
     gt = confmat.sum(1)
@@ -25,19 +26,26 @@ def scores_from_confusion(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
     union = gt + pred - tp
     iou = tp / union  # 0/0 -> NaN for absent classes
     dice = 2 * tp / (gt + pred)
+    precision = tp / pred
+    recall = tp / gt
     total = confmat.sum()
     return {
         "mIoU": iou.nanmean(),
         "mDice": dice.nanmean(),
+        "mPrecision": precision.nanmean(),
+        "mRecall": recall.nanmean(),
         "pixel_acc": tp.sum() / total,
         "IoU": iou,
         "Dice": dice,
+        "Precision": precision,
+        "Recall": recall,
+        "pixels": gt,
     }
 
 
 def named_scores(prefix: str, scores: dict[str, torch.Tensor], class_names: list[str]) -> dict[str, float]:
     """Flatten to the logged names: `val/mIoU`, `val/IoU/<class>`, ..."""
-    flat = {f"{prefix}/{key}": float(scores[key]) for key in ("mIoU", "mDice", "pixel_acc")}
+    flat = {f"{prefix}/{key}": float(scores[key]) for key in ("mIoU", "mDice", "mPrecision", "mRecall", "pixel_acc")}
     for key in ("IoU", "Dice"):
         for name, value in zip(class_names, scores[key].tolist()):
             flat[f"{prefix}/{key}/{name}"] = value

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from torchmetrics import MaxMetric
 
+from segkit.inference import Inference
 from segkit.metrics import confusion_metric, named_scores, scores_from_confusion
 
 
@@ -39,6 +40,11 @@ class SegmentationModule(L.LightningModule):
         self.test_confusion = confusion_metric(self.num_classes, self.ignore_index)
         self.val_miou_best = MaxMetric()
         self.val_miou_best.persistent(True)  # a resumed run keeps its best score
+        # How validation, test and predict turn images into predictions (evaluate.py and predict.py set it;
+        # training validates with one plain forward pass). Not a hyperparameter: a checkpoint stays a model.
+        self.inference = Inference()
+        # The last summed confusion matrix of each split (rows ground truth), for detailed reports.
+        self.last_confusion: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -50,17 +56,22 @@ class SegmentationModule(L.LightningModule):
             "params/backbone": sum(p.numel() for p in self.net.backbone.parameters()),
         }
 
-    def _step(self, batch: dict[str, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, batch: dict[str, torch.Tensor], split: str) -> tuple[torch.Tensor | None, torch.Tensor]:
         images, masks = batch["image"], batch["mask"]
-        logits = self(images)
-        loss = self.criterion(logits, masks)
-        preds = logits.argmax(dim=1)
+        loss = None
+        if split == "train" or self.inference.is_plain:
+            logits = self(images)
+            loss = self.criterion(logits, masks)
+            preds = logits.argmax(dim=1)
+        else:  # windows or test-time augmentation: averaged probabilities, no training loss to compare
+            preds = self.inference(self.net, images).argmax(dim=1)
         getattr(self, f"{split}_confusion").update(preds, masks)
-        on_step = split == "train"
-        self.log(
-            f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
-            sync_dist=not on_step, batch_size=images.shape[0],
-        )
+        if loss is not None:
+            on_step = split == "train"
+            self.log(
+                f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
+                sync_dist=not on_step, batch_size=images.shape[0],
+            )
         return loss, preds
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -74,9 +85,14 @@ class SegmentationModule(L.LightningModule):
         loss, preds = self._step(batch, "test")
         return {"loss": loss, "preds": preds}
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"preds": self.inference(self.net, batch["image"]).argmax(dim=1), "names": batch["name"]}
+
     def _log_epoch_scores(self, split: str) -> dict[str, torch.Tensor]:
         confusion = getattr(self, f"{split}_confusion")
-        scores = scores_from_confusion(confusion.compute())  # summed over all processes
+        matrix = confusion.compute()  # summed over all processes
+        self.last_confusion[split] = matrix.detach().cpu()
+        scores = scores_from_confusion(matrix)
         confusion.reset()
         # Identical on every rank already; sync_dist (a mean of equal values, once per epoch) only keeps
         # Lightning from warning about unsynced epoch-level values under DDP.

@@ -128,3 +128,51 @@ class PredictionSamples(L.Callback):
         logger.log_image(
             key="val/predictions", images=[to_rgb(img) for img, _, _ in self._samples], masks=masks, step=step
         )
+
+
+class PredictionTable(L.Callback):
+    """A W&B table of the first `max_rows` evaluated images: name, the image with ground truth and prediction
+    as interactive masks, and the image's own pixel accuracy (to sort by the worst)."""
+
+    def __init__(self, class_names: Sequence[str], ignore_index: int | None, max_rows: int = 32) -> None:
+        self.labels = dict(enumerate(class_names))
+        if ignore_index is not None:
+            self.labels[int(ignore_index)] = "ignore"
+        self.ignore_index = ignore_index
+        self.max_rows = max_rows
+        self.rows: list[list] = []
+
+    def _collect(self, outputs, batch) -> None:
+        import wandb
+
+        names = batch.get("name") or [str(len(self.rows) + i) for i in range(len(batch["image"]))]
+        for image, mask, pred, name in zip(batch["image"], batch["mask"], outputs["preds"], names):
+            if len(self.rows) >= self.max_rows:
+                return
+            gt, pr = mask.cpu().numpy().astype(np.int64), pred.cpu().numpy().astype(np.int64)
+            labelled = gt != self.ignore_index if self.ignore_index is not None else np.ones_like(gt, bool)
+            accuracy = float((gt == pr)[labelled].mean()) if labelled.any() else float("nan")
+            masks = {"ground_truth": {"mask_data": gt, "class_labels": self.labels},
+                     "prediction": {"mask_data": pr, "class_labels": self.labels}}
+            self.rows.append([name, wandb.Image(to_rgb(image), masks=masks), accuracy])
+
+    def _log(self, trainer: L.Trainer, split: str) -> None:
+        import wandb
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and self.rows:
+                table = wandb.Table(columns=["name", "image", "pixel_acc"], data=self.rows)
+                logger.experiment.log({f"{split}/predictions_table": table})
+        self.rows = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._log(trainer, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._log(trainer, "test")

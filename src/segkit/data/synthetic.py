@@ -51,7 +51,7 @@ class SyntheticShapes(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         image, mask = self.render(np.random.default_rng([self.seed, self.stream, index]))
-        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
+        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask), "name": f"{index:05d}"}
 
     def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.size

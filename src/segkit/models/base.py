@@ -28,5 +28,4 @@ class SegmentationModel(nn.Module):
                 f"Expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}. "
                 "Fix: make data.in_channels match the images."
             )
-        size = images.shape[-2:]
-        return self.decoder(self.backbone(images), (int(size[0]), int(size[1])))
+        return self.decoder(self.backbone(images), tuple(images.shape[-2:]))

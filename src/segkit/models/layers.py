@@ -16,6 +16,12 @@ def fit_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     size, so cropping is the usual case; interpolation covers backbones with unusual padding.
     """
     h, w = x.shape[-2:]
+    if torch.compiler.is_exporting():
+        # An exported graph keeps H and W symbolic, so it cannot branch on them: take the usual case (the map
+        # covers the target) as given, and crop.
+        torch._check(h >= size[0])
+        torch._check(w >= size[1])
+        return x[..., : size[0], : size[1]]
     if (h, w) == tuple(size):
         return x
     if h >= size[0] and w >= size[1]:

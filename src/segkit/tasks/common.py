@@ -46,9 +46,11 @@ def build_loggers(cfg: DictConfig | None) -> list[Logger]:
     return instantiate_each(cfg)
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """The configured trainer, loggers and callbacks, plus `callbacks` a task adds itself."""
     loggers = build_loggers(cfg.get("logger"))
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=instantiate_each(cfg.get("callbacks")))
+    callbacks = instantiate_each(cfg.get("callbacks")) + list(callbacks or [])
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 
 
 def float_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

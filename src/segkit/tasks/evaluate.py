@@ -7,8 +7,12 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from segkit.inference import build_inference
 from segkit.module import SegmentationModule
-from segkit.tasks.common import build_trainer, finish_wandb, print_table, split_metrics, write_json
+from segkit.report import build_report, print_report, write_report_files
+from segkit.tasks.common import build_trainer, finish_wandb, plain, split_metrics, write_json
+from segkit.visualize import PredictionTable
+from segkit.writers import MaskWriter
 
 SPLITS = ("val", "test")
 
@@ -23,22 +27,41 @@ def load_module(ckpt_path: str | Path) -> SegmentationModule:
     return SegmentationModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
 
 
+def checkpoint_data(cfg: DictConfig, module: SegmentationModule) -> DictConfig:
+    """The data config: `data=...` if given, else the checkpoint's; `data_overrides` on top."""
+    data_cfg = cfg.data if cfg.get("data") else OmegaConf.create(module.hparams.data)
+    return OmegaConf.merge(data_cfg, cfg.get("data_overrides") or {})
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     split = cfg.split
     if split not in SPLITS:
         raise ValueError(f"split='{split}' is not one of {SPLITS}.")
     module = load_module(cfg.ckpt_path)
-    data_cfg = cfg.data if cfg.get("data") else OmegaConf.create(module.hparams.data)
-    overrides = cfg.get("data_overrides") or {}
-    datamodule = instantiate(OmegaConf.merge(data_cfg, overrides))
-    trainer = build_trainer(cfg)
+    data_cfg = checkpoint_data(cfg, module)
+    module.inference = build_inference(plain(cfg.inference), plain(data_cfg))
+    datamodule = instantiate(data_cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    callbacks = []
+    if cfg.get("save_predictions"):
+        callbacks.append(MaskWriter(output_dir / "predictions", datamodule.palette, ignore_index=datamodule.ignore_index))
+    if cfg.get("log_table"):
+        callbacks.append(PredictionTable(datamodule.class_names, datamodule.ignore_index, max_rows=cfg.log_table))
+    trainer = build_trainer(cfg, callbacks)
     try:
         run = trainer.validate if split == "val" else trainer.test
         run(module, datamodule=datamodule, verbose=False)
         metrics = split_metrics(trainer.callback_metrics, split)
     finally:
         finish_wandb()
-    print_table(f"{split} metrics of {cfg.ckpt_path}", metrics)
-    write_json(Path(cfg.paths.output_dir) / "metrics.json", {"checkpoint": str(cfg.ckpt_path), "split": split,
-                                                              "metrics": metrics})
+    report = build_report(module.last_confusion[split], datamodule.class_names)
+    if trainer.is_global_zero:
+        print_report(report, f"{split} of {cfg.ckpt_path} ({module.inference})")
+        write_report_files(report, output_dir)
+        write_json(
+            output_dir / "metrics.json",
+            {"checkpoint": str(cfg.ckpt_path), "split": split, "inference": plain(cfg.inference),
+             "metrics": metrics, **report},
+        )
+        print(f"Report: {output_dir}")
     return metrics

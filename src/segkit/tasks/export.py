@@ -1,0 +1,126 @@
+"""Export a trained network for serving: ONNX (dynamic batch, height and width) and torch.export (.pt2), each
+checked against PyTorch on inputs of several sizes before the command succeeds.
+
+The exported graph takes float images (B, C, H, W) in [0, 1] (normalisation is inside) and returns logits
+(B, num_classes, H, W). Class names and palette go into the ONNX metadata and export.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from rich.console import Console
+from rich.table import Table
+
+from segkit.tasks.common import write_json
+from segkit.tasks.evaluate import load_module
+
+FORMATS = ("onnx", "torch_export")
+
+
+def _dynamic_shapes() -> dict[str, dict[int, Any]]:
+    # Exported graphs hold for images of more than 32 pixels a side (a stride-32 map of one pixel would be a
+    # special case to the exporter).
+    dim = torch.export.Dim
+    return {"images": {0: dim("batch", min=1, max=4096), 2: dim("height", min=33, max=16384),
+                       3: dim("width", min=33, max=16384)}}
+
+
+def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict) -> Path:
+    import onnx
+
+    torch.onnx.export(
+        net, (example,), path, input_names=["images"], output_names=["logits"], opset_version=opset,
+        dynamic_shapes=_dynamic_shapes(), dynamo=True, verbose=False, external_data=False,
+    )
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in metadata.items()})
+    onnx.save(model, str(path))
+    return path
+
+
+def export_program(net: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    program = torch.export.export(net, (example,), dynamic_shapes=_dynamic_shapes())
+    torch.export.save(program, path)
+    return path
+
+
+def runner(fmt: str, path: Path):
+    """A function images -> logits (numpy) running the exported file, as a deployment would."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {"images": x.numpy()})[0]
+    program = torch.export.load(path).module()
+    return lambda x: program(x).detach().numpy()
+
+
+def check(net: torch.nn.Module, run, shapes: list[list[int]], in_channels: int) -> list[dict[str, Any]]:
+    results = []
+    generator = torch.Generator().manual_seed(0)
+    for batch, height, width in shapes:
+        images = torch.rand(batch, in_channels, height, width, generator=generator)
+        with torch.no_grad():
+            expected = net(images).numpy()
+        got = run(images)
+        if got.shape != expected.shape:
+            raise AssertionError(f"Exported output {got.shape} for input {tuple(images.shape)}; PyTorch gives {expected.shape}.")
+        results.append({
+            "input": [batch, in_channels, height, width],
+            "max_abs_diff": float(np.abs(got - expected).max()),
+            "argmax_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
+        })
+    return results
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    for noisy in ("onnx_ir", "onnxscript"):  # their INFO lines would bury the result
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    unknown = set(cfg.formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"formats {sorted(unknown)} unknown; use {list(FORMATS)}.")
+    module = load_module(cfg.ckpt_path)
+    net = module.net.eval()
+    data = module.hparams.data
+    in_channels = int(data["in_channels"])
+    shapes = [list(map(int, s)) for s in cfg.check_shapes]
+    # A batch of 2 at an odd size: an example of 1 (or of a multiple of 32) would be taken for a constant.
+    example = torch.rand(2, in_channels, 67, 93)
+    metadata = {
+        "class_names": list(data["class_names"]), "palette": data["palette"], "in_channels": in_channels,
+        "ignore_index": data.get("ignore_index"), "checkpoint": str(cfg.ckpt_path),
+        "input": "images: float32 (B, C, H, W) in [0, 1]; normalisation is inside",
+        "output": "logits: float32 (B, num_classes, H, W); argmax over dim 1 gives class ids",
+    }
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {**metadata, "exports": {}}
+    for fmt in cfg.formats:
+        if fmt == "onnx":
+            path = export_onnx(net, example, output / "model.onnx", cfg.opset, metadata)
+        else:
+            path = export_program(net, example, output / "model.pt2")
+        checks = check(net, runner(fmt, path), shapes, in_channels)
+        worst = max(c["max_abs_diff"] for c in checks)
+        summary["exports"][fmt] = {"path": str(path), "checks": checks, "max_abs_diff": worst}
+        if worst > cfg.tolerance:
+            write_json(output / "export.json", summary)
+            raise AssertionError(f"{path}: differs from PyTorch by {worst:.2e} (> tolerance {cfg.tolerance}).")
+    write_json(output / "export.json", summary)
+    table = Table(title=f"Exports checked against PyTorch on inputs {[tuple(s) for s in shapes]} (B, H, W)")
+    for column in ("format", "file", "MB", "max |logit diff|", "argmax agreement"):
+        table.add_column(column)
+    for fmt, entry in summary["exports"].items():
+        path = Path(entry["path"])
+        agreement = min(c["argmax_agreement"] for c in entry["checks"])
+        table.add_row(fmt, str(path), f"{path.stat().st_size / 2**20:.1f}", f"{entry['max_abs_diff']:.1e}", f"{agreement:.4%}")
+    Console(width=max(Console().width, 120)).print(table)
+    return summary
