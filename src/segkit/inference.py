@@ -92,11 +92,9 @@ class Inference:
         return (total / count)[..., :h, :w]
 
 
-def build_inference(cfg: dict | None, data: dict) -> Inference | None:
-    """From an `inference` config; the window defaults to the data's training crop."""
-    if not cfg:
-        return None
-    cfg = dict(cfg)
+def build_inference(cfg: dict | None, data: dict) -> Inference:
+    """From an `inference` config (none: plain whole-image passes); the window defaults to the training crop."""
+    cfg = dict(cfg or {})
     if cfg.get("mode") == "slide" and not cfg.get("crop_size"):
         cfg["crop_size"] = data.get("crop_size")
     return Inference(**cfg)
