@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train evaluate check-data browse-data test test-fast clean
+.PHONY: setup train evaluate predict export check-data browse-data test test-fast clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,14 @@ train: setup
 ## Score a checkpoint: make evaluate ARGS="ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"
 evaluate: setup
 	$(PY) evaluate.py $(ARGS)
+
+## Masks for images: make predict ARGS="ckpt_path=... input=path/to/images output=path/to/masks"
+predict: setup
+	$(PY) predict.py $(ARGS)
+
+## ONNX and torch.export files, checked against PyTorch: make export ARGS="ckpt_path=..."
+export: setup
+	$(PY) export.py $(ARGS)
 
 ## Scan a dataset and report problems: make check-data ARGS="data=membrane data.root=../shared/datasets/isbi2012-membrane"
 check-data: setup

@@ -141,3 +141,12 @@ def test_export_runs_in_onnxruntime_and_torch_export_like_pytorch(checkpoint, tm
     assert meta["class_names"] == ["background", "disc", "square", "triangle"]
     program = torch.export.load(tmp_path / "export/model.pt2").module()
     assert np.abs(program(images).detach().numpy() - expected).max() < 1e-4
+
+
+def test_evaluate_logs_a_wandb_table_of_predictions(checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    evaluate(compose_config("evaluate", [f"ckpt_path={checkpoint}", "logger=wandb", "log_table=3"], out))
+    (offline_run,) = (out / "wandb").glob("offline-run-*")
+    (table,) = (offline_run / "files" / "media" / "table").rglob("*.table.json")
+    content = json.loads(table.read_text())
+    assert content["columns"] == ["name", "image", "pixel_acc"] and len(content["data"]) == 3
