@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from conftest import compose_config
 from segkit.inference import Inference, build_inference
+from segkit.tasks.train import build_module
 
 
 def unet(tmp_path):
-    return instantiate(compose_config("train", [], tmp_path).model).eval()
+    return build_module(compose_config("train", [], tmp_path)).net.eval()
 
 
 class Pointwise(nn.Module):

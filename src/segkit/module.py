@@ -33,7 +33,15 @@ class SegmentationModule(L.LightningModule):
         self.num_classes = int(data["num_classes"])
         self.class_names = list(data["class_names"])
         self.ignore_index = data.get("ignore_index")
+        model = dict(model)
+        # Speed switches of the model config, not arguments of the network.
+        self.channels_last = bool(model.pop("channels_last", False))
+        compile_net = bool(model.pop("compile", False))
         self.net = instantiate(model)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # Kept outside the module tree, so state_dict keys (and checkpoints) stay those of the plain network.
+        self.__dict__["compiled_net"] = torch.compile(self.net) if compile_net else None
         self.criterion = instantiate(loss)
         self.train_confusion = confusion_metric(self.num_classes, self.ignore_index)
         self.val_confusion = confusion_metric(self.num_classes, self.ignore_index)
@@ -47,7 +55,9 @@ class SegmentationModule(L.LightningModule):
         self.last_confusion: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return (self.compiled_net or self.net)(images)
 
     def parameter_counts(self) -> dict[str, int]:
         return {
@@ -64,7 +74,7 @@ class SegmentationModule(L.LightningModule):
             loss = self.criterion(logits, masks)
             preds = logits.argmax(dim=1)
         else:  # windows or test-time augmentation: averaged probabilities, no training loss to compare
-            preds = self.inference(self.net, images).argmax(dim=1)
+            preds = self.inference(self, images).argmax(dim=1)
         getattr(self, f"{split}_confusion").update(preds, masks)
         if loss is not None:
             on_step = split == "train"
@@ -86,7 +96,7 @@ class SegmentationModule(L.LightningModule):
         return {"loss": loss, "preds": preds}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"preds": self.inference(self.net, batch["image"]).argmax(dim=1), "names": batch["name"]}
+        return {"preds": self.inference(self, batch["image"]).argmax(dim=1), "names": batch["name"]}
 
     def _log_epoch_scores(self, split: str) -> dict[str, torch.Tensor]:
         confusion = getattr(self, f"{split}_confusion")

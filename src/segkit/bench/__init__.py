@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks: `python -m segkit.bench` (see conf/bench.yaml)."""
