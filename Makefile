@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train evaluate predict export check-data browse-data test test-fast clean
+.PHONY: setup train evaluate predict export bench check-data browse-data test test-fast clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ predict: setup
 ## ONNX and torch.export files, checked against PyTorch: make export ARGS="ckpt_path=..."
 export: setup
 	$(PY) export.py $(ARGS)
+
+## Throughput and memory (Lightning vs a bare loop, inference): make bench ARGS="model=fcn batch_sizes=[8,16]"
+bench: setup
+	$(PY) -m segkit.bench $(ARGS)
 
 ## Scan a dataset and report problems: make check-data ARGS="data=membrane data.root=../shared/datasets/isbi2012-membrane"
 check-data: setup

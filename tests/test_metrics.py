@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from segkit.metrics import confusion_metric, named_scores, scores_from_confusion
@@ -62,3 +63,20 @@ def test_binary_task():
     scores = scores_from_confusion(metric.compute())
     assert np.allclose(scores["IoU"].numpy(), [2 / 3, 1 / 2])
     assert math.isclose(scores["pixel_acc"].item(), 0.75)
+
+
+@pytest.mark.parametrize("ignore_index", [255, 2, None])
+def test_confusion_matrix_equals_torchmetrics(ignore_index):
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    generator = torch.Generator().manual_seed(0)
+    reference = MulticlassConfusionMatrix(4, ignore_index=ignore_index)
+    ours = confusion_metric(4, ignore_index)
+    for _ in range(3):
+        preds = torch.randint(0, 4, (2, 9, 13), generator=generator)
+        target = torch.randint(0, 4, (2, 9, 13), generator=generator)
+        if ignore_index == 255:
+            target[:, :3] = 255
+        reference.update(preds, target)
+        ours.update(preds, target)
+    assert torch.equal(ours.compute(), reference.compute())

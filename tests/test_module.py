@@ -111,3 +111,18 @@ def test_bf16_mixed_precision_on_cpu(tiny_train_cfg):
 def test_mixed_precision_on_gpu(tiny_train_cfg, precision):
     trainer = fit_one_batch(tiny_train_cfg("loss=ce_dice"), accelerator="gpu", devices=1, precision=precision)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_channels_last_and_compile_switches_keep_the_network_and_its_checkpoint_keys(tiny_train_cfg):
+    from segkit.tasks.train import build_module
+
+    plain = build_module(tiny_train_cfg("model.channels_last=false"))
+    fast = build_module(tiny_train_cfg("model.channels_last=true"))
+    fast.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 3, 40, 56)
+    plain.eval(), fast.eval()
+    with torch.no_grad():
+        assert torch.allclose(fast(images), plain(images), atol=1e-5)
+    assert fast.net.backbone.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    compiled = build_module(tiny_train_cfg("model.compile=true"))  # compiled lazily: not run here (slow on CPU)
+    assert compiled.compiled_net is not None and compiled.state_dict().keys() == plain.state_dict().keys()

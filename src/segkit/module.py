@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from torchmetrics import MaxMetric
 
 from segkit.inference import Inference
-from segkit.metrics import confusion_metric, named_scores, scores_from_confusion
+from segkit.metrics import class_ids, confusion_metric, named_scores, scores_from_confusion
 
 
 class SegmentationModule(L.LightningModule):
@@ -57,7 +57,8 @@ class SegmentationModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return (self.compiled_net or self.net)(images)
+        net = self.compiled_net if self.compiled_net is not None else self.net
+        return net(images)
 
     def parameter_counts(self) -> dict[str, int]:
         return {
@@ -72,9 +73,9 @@ class SegmentationModule(L.LightningModule):
         if split == "train" or self.inference.is_plain:
             logits = self(images)
             loss = self.criterion(logits, masks)
-            preds = logits.argmax(dim=1)
+            preds = class_ids(logits)
         else:  # windows or test-time augmentation: averaged probabilities, no training loss to compare
-            preds = self.inference(self, images).argmax(dim=1)
+            preds = class_ids(self.inference(self, images))
         getattr(self, f"{split}_confusion").update(preds, masks)
         if loss is not None:
             on_step = split == "train"
@@ -96,7 +97,7 @@ class SegmentationModule(L.LightningModule):
         return {"loss": loss, "preds": preds}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"preds": self.inference(self, batch["image"]).argmax(dim=1), "names": batch["name"]}
+        return {"preds": class_ids(self.inference(self, batch["image"])), "names": batch["name"]}
 
     def _log_epoch_scores(self, split: str) -> dict[str, torch.Tensor]:
         confusion = getattr(self, f"{split}_confusion")

@@ -34,20 +34,22 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class Stopwatch:
-    """Seconds between `start()` and `stop()`, with the device synchronised at both ends."""
+class StepTimer:
+    """Times of the steps between successive `tick()`s, the device synchronised at each. The median step is the
+    figure reported: on a shared machine one stalled step should not decide a comparison."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.begin = self.seconds = 0.0
+        self.ticks: list[float] = []
 
-    def start(self) -> None:
+    def tick(self) -> None:
         sync(self.device)
-        self.begin = time.perf_counter()
+        self.ticks.append(time.perf_counter())
 
-    def stop(self) -> None:
-        sync(self.device)
-        self.seconds = time.perf_counter() - self.begin
+    @property
+    def median_step(self) -> float:
+        steps = sorted(b - a for a, b in zip(self.ticks, self.ticks[1:]))
+        return steps[len(steps) // 2]
 
 
 def autocast(device: torch.device, precision: str):

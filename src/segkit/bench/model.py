@@ -1,6 +1,7 @@
 """Training and inference throughput of the composed model, and the framework's own overhead.
 
-For each setting (batch size, image size, precision, channels_last, compile) it measures, after warm-up:
+For each setting (batch size, image size, precision, channels_last, compile) it measures the median step
+after warm-up (robust to the odd stalled step of a shared machine):
 - `train`: images/s of the real `SegmentationModule` under a Lightning `Trainer` (metrics updated and logged
   at the configured interval, CSV logger on; no progress bar, checkpoints or validation);
 - `bare`: images/s of the same network, loss, optimizer and schedule, fed the same tensors by the same
@@ -22,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Dataset
 
-from segkit.bench.measure import Stopwatch, autocast, peak_memory_mb, reset_peak_memory
+from segkit.bench.measure import StepTimer, autocast, peak_memory_mb, reset_peak_memory
 from segkit.data.dataset import collate
 from segkit.tasks.train import build_module
 
@@ -46,17 +47,20 @@ class FixedBatches(Dataset):
 
 
 class _TrainTimer(L.Callback):
+    """A tick at the start of every step after warm-up, and one at the end: whole steps, data fetch included."""
+
     def __init__(self, warmup: int, device: torch.device) -> None:
         self.warmup = warmup
-        self.watch = Stopwatch(device)
+        self.timer = StepTimer(device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             reset_peak_memory(pl_module.device)
-            self.watch.start()
+        if trainer.global_step >= self.warmup:
+            self.timer.tick()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.watch.stop()
+        self.timer.tick()
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -93,24 +97,25 @@ def measure_lightning(cfg, loader, setting, device, output_dir) -> tuple[float, 
         enable_model_summary=False,
     )
     trainer.fit(module, train_dataloaders=loader)
-    return timer.watch.seconds, peak_memory_mb(device)
+    return timer.timer.median_step, peak_memory_mb(device)
 
 
 def measure_bare(cfg, loader, setting, device) -> tuple[float, float]:
     module = _module(cfg, setting["channels_last"], setting["compile"]).to(device)
-    net = module.compiled_net or module.net
+    net = module.compiled_net if module.compiled_net is not None else module.net
     criterion = module.criterion
     optimizer = instantiate(cfg.optimizer)(params=module.net.parameters())
     total = cfg.warmup_steps + cfg.steps
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=total) if cfg.get("scheduler") else None
     scaler = torch.amp.GradScaler(device.type, enabled=setting["precision"].startswith("16"))
-    watch = Stopwatch(device)
+    timer = StepTimer(device)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     net.train()
     for step in range(total):
         if step == cfg.warmup_steps:
             reset_peak_memory(device)
-            watch.start()
+        if step >= cfg.warmup_steps:
+            timer.tick()
         batch = next(batches)
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
@@ -125,23 +130,24 @@ def measure_bare(cfg, loader, setting, device) -> tuple[float, float]:
         scaler.update()
         if scheduler is not None:
             scheduler.step()
-    watch.stop()
-    return watch.seconds, peak_memory_mb(device)
+    timer.tick()
+    return timer.median_step, peak_memory_mb(device)
 
 
 @torch.inference_mode()
 def measure_inference(cfg, images, setting, device) -> tuple[float, float]:
     module = _module(cfg, setting["channels_last"], setting["compile"]).to(device).eval()
     images = images.to(device)
-    watch = Stopwatch(device)
+    timer = StepTimer(device)
     for step in range(cfg.warmup_steps + cfg.steps):
         if step == cfg.warmup_steps:
             reset_peak_memory(device)
-            watch.start()
+        if step >= cfg.warmup_steps:
+            timer.tick()
         with autocast(device, setting["precision"]):
             module(images)
-    watch.stop()
-    return watch.seconds, peak_memory_mb(device)
+    timer.tick()
+    return timer.median_step, peak_memory_mb(device)
 
 
 def settings(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -162,17 +168,21 @@ def bench_model(cfg: DictConfig, output_dir) -> list[dict[str, Any]]:
         data = FixedBatches(batch * total, batch * 2, cfg.data.in_channels, size, cfg.data.num_classes, cfg.seed)
         loader = DataLoader(data, batch_size=batch, shuffle=False, drop_last=True, collate_fn=collate,
                             pin_memory=device.type == "cuda")
-        steps_images = cfg.steps * batch
-        train_s, train_mb = measure_lightning(cfg, loader, setting, device, output_dir)
-        bare_s, bare_mb = measure_bare(cfg, loader, setting, device)
+        # Alternated and repeated, the fastest of each kept: a shared machine's drift hits both alike.
+        train_s = bare_s = float("inf")
+        for _ in range(cfg.repeats):
+            seconds, train_mb = measure_lightning(cfg, loader, setting, device, output_dir)
+            train_s = min(train_s, seconds)
+            seconds, bare_mb = measure_bare(cfg, loader, setting, device)
+            bare_s = min(bare_s, seconds)
         infer_s, infer_mb = measure_inference(cfg, data.images[:batch], setting, device)
         rows.append({
             **setting,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "train_img_s": steps_images / train_s,
-            "bare_img_s": steps_images / bare_s,
+            "train_img_s": batch / train_s,
+            "bare_img_s": batch / bare_s,
             "overhead_pct": 100 * (train_s / bare_s - 1),
-            "infer_img_s": steps_images / infer_s,
+            "infer_img_s": batch / infer_s,
             "train_peak_mb": train_mb,
             "bare_peak_mb": bare_mb,
             "infer_peak_mb": infer_mb,
