@@ -162,3 +162,20 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
         models.append(OmegaConf.load(job / "config.yaml").model._target_)
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job
     assert models == ["segkit.models.FCN", "segkit.models.UNet"]
+
+
+def test_two_process_ddp_on_cpu_agrees_across_ranks_and_with_one_process(tmp_path):
+    proc = run_script(
+        str(ROOT / "train.py"), "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+        "trainer.max_epochs=1", "logger=csv", "test=false", "data.num_workers=0", *TINY_DATA, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one run directory for both processes
+    ranks = [json.loads((run_dir / "ranks" / f"metrics.rank{r}.json").read_text())["metrics"] for r in (0, 1)]
+    val = {k: v for k, v in ranks[0].items() if k.startswith("val/")}
+    assert val and val == {k: v for k, v in ranks[1].items() if k.startswith("val/")}  # synced, identical
+    # The checkpoint loads in one process and scores the same validation data to the same confusion matrix.
+    single = evaluate(compose_config("evaluate", [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
+                                     tmp_path / "eval"))
+    assert single["val/mIoU"] == pytest.approx(val["val/mIoU"], abs=1e-6)
+    assert single["val/pixel_acc"] == pytest.approx(val["val/pixel_acc"], abs=1e-6)

@@ -63,6 +63,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         }
         if trainer.is_global_zero:
             write_json(output_dir / "metrics.json", summary)
+        if trainer.world_size > 1:  # every rank's own view, to check that they agree
+            write_json(output_dir / "ranks" / f"metrics.rank{trainer.global_rank}.json", summary)
     finally:
         finish_wandb()
     if trainer.is_global_zero:  # last, so that it is not buried under W&B's summary
