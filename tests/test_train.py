@@ -162,6 +162,15 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
         models.append(OmegaConf.load(job / "config.yaml").model._target_)
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job
     assert models == ["segkit.models.FCN", "segkit.models.UNet"]
+    # The sweep summary reads it back: a row per job, best first, with what was swept.
+    proc = run_script("-m", "segkit.sweeps", str(sweep_dir), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(sweep_dir / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["model"] for r in rows) == ["fcn", "unet"] and all(r["status"] == "done" for r in rows)
+    best = [float(r["val/mIoU_best"]) for r in rows]
+    assert best == sorted(best, reverse=True)
+    assert (sweep_dir / "summary.md").read_text().count("\n| ") == 3 and (sweep_dir / "summary.png").is_file()
 
 
 def test_two_process_ddp_on_cpu_agrees_across_ranks_and_with_one_process(tmp_path):

@@ -1,0 +1,105 @@
+"""Compare the jobs of a sweep:
+
+    python -m segkit.sweeps logs/train/multiruns/<stamp> [--metric val/mIoU_best] [--columns val/mDice,time/fit_s]
+
+Reads each job's overrides (`.hydra/overrides.yaml`) and `metrics.json`, and writes `summary.md`, `summary.csv`
+and `summary.png` (a bar per job) into the sweep directory; jobs without results are listed as unfinished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+
+
+def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    jobs = []
+    for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        overrides_file = job_dir / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        metrics_file = job_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.is_file() else None
+        jobs.append({"job": int(job_dir.name), "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
+                     "metrics": metrics, "dir": str(job_dir)})
+    if not jobs:
+        raise SystemExit(f"{sweep_dir}: no job folders (0/, 1/, ...). Pass a multirun directory.")
+    return jobs
+
+
+def summarize(sweep_dir: Path, metric: str, columns: list[str]) -> list[dict[str, Any]]:
+    jobs = read_jobs(sweep_dir)
+    swept = sorted({k for job in jobs for k in job["overrides"]
+                    if len({j["overrides"].get(k) for j in jobs}) > 1})
+    rows = []
+    for job in jobs:
+        m = job["metrics"] or {}
+        row = {"job": job["job"], **{k: job["overrides"].get(k, "") for k in swept}}
+        row |= {name: m.get(name, float("nan")) for name in [metric, *columns]}
+        row["status"] = "done" if job["metrics"] is not None else "unfinished"
+        rows.append(row)
+    rows.sort(key=lambda r: (math.isnan(r[metric]), -r[metric] if not math.isnan(r[metric]) else 0))
+    write_outputs(sweep_dir, rows, metric)
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def write_outputs(sweep_dir: Path, rows: list[dict[str, Any]], metric: str) -> None:
+    keys = list(rows[0])
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(row[k]) for k in keys) + " |" for row in rows]
+    (sweep_dir / "summary.md").write_text(f"# {sweep_dir.name}: jobs by {metric}\n\n" + "\n".join(lines) + "\n")
+    bar_chart(rows, metric, [k for k in keys if k not in ("job", "status") and k != metric and "/" not in k]
+              ).save(sweep_dir / "summary.png")
+
+
+def bar_chart(rows: list[dict[str, Any]], metric: str, label_keys: list[str]) -> Image.Image:
+    """One horizontal bar per job, longest first, labelled with the job's swept values."""
+    labels = [f"{r['job']}: " + ", ".join(f"{k}={r[k]}" for k in label_keys) for r in rows]
+    values = [r[metric] for r in rows]
+    finite = [v for v in values if not math.isnan(v)]
+    top = max(finite) if finite else 1.0
+    label_w, bar_w, row_h = 8 + 6 * max(len(label) for label in labels), 360, 20
+    image = Image.new("RGB", (label_w + bar_w + 70, 28 + row_h * len(rows)), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 6), f"{metric} per job", fill="black")
+    for i, (label, value) in enumerate(zip(labels, values)):
+        y = 28 + i * row_h
+        draw.text((4, y + 4), label, fill="black")
+        if not math.isnan(value):
+            length = int(bar_w * value / top) if top > 0 else 0
+            draw.rectangle([label_w, y + 3, label_w + length, y + row_h - 3], fill=(0, 130, 200))
+            draw.text((label_w + length + 4, y + 4), f"{value:.4f}", fill="black")
+        else:
+            draw.text((label_w, y + 4), "no result", fill=(200, 0, 0))
+    return image
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--metric", default="val/mIoU_best")
+    parser.add_argument("--columns", default="val/mIoU,val/mDice,val/pixel_acc,time/fit_s")
+    args = parser.parse_args(argv)
+    rows = summarize(args.sweep_dir, args.metric, [c for c in args.columns.split(",") if c])
+    print((args.sweep_dir / "summary.md").read_text())
+    print(f"Written: {args.sweep_dir / 'summary.csv'}, {args.sweep_dir / 'summary.png'} ({len(rows)} jobs)")
+
+
+if __name__ == "__main__":
+    main()
