@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train evaluate predict export bench check-data browse-data test test-fast clean
+.PHONY: setup train evaluate predict export bench dashboard check-data browse-data test test-fast clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ export: setup
 ## Throughput and memory (Lightning vs a bare loop, inference): make bench ARGS="model=fcn batch_sizes=[8,16]"
 bench: setup
 	$(PY) -m segkit.bench $(ARGS)
+
+## A local dashboard of every run under logs/ (runs trained with logger=tensorboard): http://localhost:6006
+dashboard: setup
+	$(VENV)/bin/tensorboard --logdir logs --port 6006
 
 ## Scan a dataset and report problems: make check-data ARGS="data=membrane data.root=../shared/datasets/isbi2012-membrane"
 check-data: setup

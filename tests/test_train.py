@@ -188,3 +188,14 @@ def test_two_process_ddp_on_cpu_agrees_across_ranks_and_with_one_process(tmp_pat
                                      tmp_path / "eval"))
     assert single["val/mIoU"] == pytest.approx(val["val/mIoU"], abs=1e-6)
     assert single["val/pixel_acc"] == pytest.approx(val["val/pixel_acc"], abs=1e-6)
+
+
+def test_tensorboard_logger_records_scores_and_prediction_images(tiny_train_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_train_cfg("logger=tensorboard", output_dir=tmp_path / "run"))
+    (events,) = (tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert {"val/mIoU", "val/IoU/triangle", "train/loss_epoch"} <= set(accumulator.Tags()["scalars"])
+    assert "val/predictions" in accumulator.Tags()["images"]

@@ -8,7 +8,7 @@ from typing import Sequence
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image, ImageDraw
 
 IGNORE_COLOUR = (255, 255, 255)
@@ -108,10 +108,13 @@ class PredictionSamples(L.Callback):
         palette, ignore_index = data["palette"], data.get("ignore_index")
         panels = [sample_panel(img, gt, pr, palette, ignore_index) for img, gt, pr in self._samples]
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.concatenate(panels, axis=0)).save(self.dirpath / f"epoch_{trainer.current_epoch:03d}.png")
+        grid_image = np.concatenate(panels, axis=0)
+        Image.fromarray(grid_image).save(self.dirpath / f"epoch_{trainer.current_epoch:03d}.png")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, data, trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/predictions", grid_image, trainer.global_step, dataformats="HWC")
         self._samples = []
 
     def _log_wandb(self, logger: WandbLogger, data: dict, step: int) -> None:
