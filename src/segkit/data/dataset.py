@@ -53,11 +53,7 @@ class SegmentationFiles(Dataset):
         sample = self.samples[index % len(self.samples)]
         image = read_image(sample.image, self.in_channels)
         stored = read_mask(sample.mask, rgb=self.encoding.rgb)
-        if image.shape[:2] != stored.shape[:2]:
-            raise DataError(
-                f"{sample.mask}: mask is {stored.shape[0]}x{stored.shape[1]} (HxW) but its image {sample.image} is "
-                f"{image.shape[0]}x{image.shape[1]}. Fix: the mask must have the image's size; re-export it."
-            )
+        check_sizes(sample, image.shape[:2], stored.shape[:2])
         mask = self.encoding(stored)
         check_mask(mask, stored, sample.mask, self.encoding)
         return image, mask
@@ -78,6 +74,16 @@ class SegmentationFiles(Dataset):
         }
 
 
+def check_sizes(sample: Sample, image_size: tuple[int, int], mask_size: tuple[int, int]) -> None:
+    if tuple(image_size) != tuple(mask_size):
+        raise DataError(
+            f"{sample.mask}: mask is {mask_size[0]}x{mask_size[1]} (HxW) but its image {sample.image} is "
+            f"{image_size[0]}x{image_size[1]}. Fix: the mask must have the image's size; re-export it.",
+            kind="size mismatch",
+            path=sample.mask,
+        )
+
+
 def check_mask(mask: np.ndarray, stored: np.ndarray, path: Path, encoding: MaskEncoding) -> None:
     invalid = mask == INVALID
     if invalid.any():
@@ -85,13 +91,17 @@ def check_mask(mask: np.ndarray, stored: np.ndarray, path: Path, encoding: MaskE
         raise DataError(
             f"{path}: mask values {{{encoding.describe_invalid(stored, mask)}}} ({int(invalid.sum())} pixels) are not "
             f"known; expected {encoding.expected()}. Fix: set data.mask_encoding / data.mask_values / "
-            f"data.label_map to match how the masks are stored, or check data.num_classes.{hint}"
+            f"data.label_map to match how the masks are stored, or check data.num_classes.{hint}",
+            kind="bad mask values",
+            path=path,
         )
     if encoding.ignore_index is not None and (mask == encoding.ignore_index).all():
         raise DataError(
             f"{path}: no labelled pixel: every pixel is ignore_index {encoding.ignore_index} after encoding. "
             f"Fix: check data.mask_encoding (e.g. 0/255 masks need mask_encoding=values, mask_values=[0,255]), "
-            f"or remove the file from the split."
+            f"or remove the file from the split.",
+            kind="unlabelled mask",
+            path=path,
         )
 
 
@@ -102,7 +112,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         shown = ", ".join(f"{item.get('name', '?')}: {tuple(item['image'].shape[1:])}" for item in items[:4])
         raise DataError(
             f"Images of one batch differ in size ({shown}). Fix: crop or resize to one size in the pipeline "
-            f"(data.train_transforms / data.eval_transforms), or use data.eval_batch_size=1 for evaluation."
+            f"(data.train_transforms / data.eval_transforms), or use data.eval_batch_size=1 for evaluation.",
+            kind="batch sizes",
         )
     return default_collate(items)
 

@@ -18,7 +18,14 @@ EIGHT_BIT_MODES = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YC
 
 
 class DataError(ValueError):
-    """A problem with one file of a dataset; the message names the file and the fix."""
+    """A problem with one file of a dataset; the message names the file and the fix. `kind` (a short tag) and
+    `path` let the data check sort problems without reading the message."""
+
+    def __init__(self, message: str, kind: str = "bad file", path: Path | str | None = None) -> None:
+        # One positional argument: DataLoader workers re-raise an exception as `type(exc)(message)`.
+        super().__init__(message)
+        self.kind = kind
+        self.path = str(path) if path is not None else None
 
 
 def _is_tiff(path: Path) -> bool:
@@ -28,7 +35,9 @@ def _is_tiff(path: Path) -> bool:
 def _unreadable(path: Path, err: Exception) -> DataError:
     return DataError(
         f"{path}: cannot be read ({type(err).__name__}: {err}). The file is truncated, corrupt or not an image. "
-        f"Fix: re-export or re-download it, or remove it (and its pair) from the dataset."
+        f"Fix: re-export or re-download it, or remove it (and its pair) from the dataset.",
+        kind="unreadable",
+        path=path,
     )
 
 
@@ -43,7 +52,7 @@ def read_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.height, img.width
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found.") from None
+        raise DataError(f"{path}: file not found.", kind="missing file", path=path) from None
     except (OSError, UnidentifiedImageError, ValueError, tifffile.TiffFileError) as err:
         raise _unreadable(path, err) from err
 
@@ -58,7 +67,7 @@ def _decode(path: Path, pil_mode: str | None = None) -> np.ndarray:
                 img = img.convert(pil_mode)
             return np.array(img)  # a writable copy: torch tensors may share its memory
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found.") from None
+        raise DataError(f"{path}: file not found.", kind="missing file", path=path) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, tifffile.TiffFileError) as err:
         raise _unreadable(path, err) from err
 
@@ -76,14 +85,20 @@ def read_image(path: Path, in_channels: int) -> np.ndarray:
     elif image.ndim == 3 and image.shape[0] == in_channels and image.shape[2] != in_channels:
         image = np.moveaxis(image, 0, -1)  # planar TIFF: (C, H, W)
     if image.ndim != 3:
-        raise DataError(f"{path}: an image of shape {image.shape} (a stack or volume?); expected (H, W[, C]).")
+        raise DataError(
+            f"{path}: an image of shape {image.shape} (a stack or volume?); expected (H, W[, C]).",
+            kind="image shape",
+            path=path,
+        )
     channels = image.shape[2]
     if channels == 1 and in_channels == 3:
         image = np.repeat(image, 3, axis=2)
     elif channels != in_channels:
         raise DataError(
             f"{path}: has {channels} channel(s) but data.in_channels is {in_channels}. "
-            f"Fix: set data.in_channels={channels} (the backbone's first layer adapts), or convert the file."
+            f"Fix: set data.in_channels={channels} (the backbone's first layer adapts), or convert the file.",
+            kind="channels",
+            path=path,
         )
     return np.ascontiguousarray(image)
 
@@ -98,7 +113,9 @@ def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
         if mask.ndim == 2 or mask.shape[-1] != 3:
             raise DataError(
                 f"{path}: data.mask_encoding is rgb but the mask has shape {mask.shape}. "
-                f"Fix: use mask_encoding=index (or values) for single-channel masks."
+                f"Fix: use mask_encoding=index (or values) for single-channel masks.",
+                kind="mask encoding",
+                path=path,
             )
         return mask
     if mask.ndim == 3 and mask.shape[2] in (3, 4):
@@ -107,13 +124,19 @@ def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
             return colours[:, :, 0]
         raise DataError(
             f"{path}: a colour mask, but data.mask_encoding is not rgb. Fix: set data.mask_encoding=rgb "
-            f"(colours are mapped to classes through data.mask_colors or data.palette), or save index masks."
+            f"(colours are mapped to classes through data.mask_colors or data.palette), or save index masks.",
+            kind="mask encoding",
+            path=path,
         )
     if mask.ndim != 2:
-        raise DataError(f"{path}: a mask of shape {mask.shape}; expected one channel (H, W).")
+        raise DataError(f"{path}: a mask of shape {mask.shape}; expected one channel (H, W).", kind="mask shape", path=path)
     if not np.issubdtype(mask.dtype, np.integer) and not np.issubdtype(mask.dtype, np.bool_):
         if not np.array_equal(mask, np.round(mask)):
-            raise DataError(f"{path}: mask values are not whole numbers ({mask.dtype}). Fix: store class ids.")
+            raise DataError(
+                f"{path}: mask values are not whole numbers ({mask.dtype}). Fix: store class ids.",
+                kind="bad mask values",
+                path=path,
+            )
     return mask.astype(np.int64, copy=False)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from segkit.data.dataset import SegmentationFiles
+from segkit.data.dataset import SegmentationFiles, check_sizes
 from segkit.data.files import DataError, read_size
 
 
@@ -58,38 +58,20 @@ class _FileScan(Dataset):
         sample = self.dataset.samples[index]
         out: dict[str, Any] = {"index": index, "problem": None, "size": None, "dtype": None, "hist": None}
         try:
-            size = read_size(sample.image)
-            mask_size = read_size(sample.mask)
-            if size != mask_size:
-                raise DataError(
-                    f"{sample.mask}: mask is {mask_size[0]}x{mask_size[1]} (HxW) but its image {sample.image} is "
-                    f"{size[0]}x{size[1]}. Fix: the mask must have the image's size; re-export it."
-                )
-            out["size"] = size
-            if index in self.decode:
+            if index in self.decode:  # decoding checks sizes too: no separate header read
                 image, mask = self.dataset.load(index)
+                out["size"] = image.shape[:2]
                 out["dtype"] = str(image.dtype)
                 encoding = self.dataset.encoding
                 labelled = mask[mask != encoding.ignore_index] if encoding.ignore_index is not None else mask
                 out["hist"] = np.bincount(labelled.ravel(), minlength=encoding.num_classes).tolist()
                 out["ignore"] = int(mask.size - labelled.size)
+            else:
+                out["size"] = read_size(sample.image)
+                check_sizes(sample, out["size"], read_size(sample.mask))
         except DataError as err:
-            out["problem"] = (_problem_kind(str(err)), str(err))
+            out["problem"] = (err.kind, str(err), err.path or str(sample.image))
         return out
-
-
-def _problem_kind(message: str) -> str:
-    for needle, kind in (
-        ("cannot be read", "unreadable"),
-        ("file not found", "missing file"),
-        ("(HxW)", "size mismatch"),
-        ("are not known", "bad mask values"),
-        ("no labelled pixel", "unlabelled mask"),
-        ("channel", "channels"),
-    ):
-        if needle in message:
-            return kind
-    return "bad file"
 
 
 def scan_split(
@@ -107,11 +89,9 @@ def scan_split(
         return report, problems
     loader = DataLoader(_FileScan(dataset, decode), batch_size=None, num_workers=num_workers, collate_fn=_as_is)
     for item in loader:
-        sample = dataset.samples[item["index"]]
         if item["problem"] is not None:
-            kind, message = item["problem"]
-            path = sample.mask if message.startswith(str(sample.mask)) else sample.image
-            problems.append(Problem(str(path), kind, message))
+            kind, message, path = item["problem"]
+            problems.append(Problem(path, kind, message))
             continue
         report.sizes[item["size"]] += 1
         if item["hist"] is not None:
