@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from segkit.tasks.evaluate import evaluate
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1",
+           "PYTHONPATH": str(ROOT / "tests")}  # test-only callbacks (tests/interrupt.py)
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -114,6 +116,51 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(trained_run, tmp_
     assert [r["epoch"] for r in read_metrics_csv(tmp_path / "resumed") if r.get("val/mIoU")] == ["2"]
     best_before = state["state_dict"]["val_miou_best.max_value"].item()
     assert metrics["val/mIoU_best"] >= best_before - 1e-9
+
+
+def uninterrupted_learning_rates(total_steps: int) -> list[float]:
+    """The default optimizer's learning rate at each step of one uninterrupted default schedule."""
+    cfg = compose_config("train", [], Path("unused"))
+    optimizer = instantiate(cfg.optimizer)(params=[torch.zeros(1, requires_grad=True)])
+    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_a_killed_run_resumes_in_place_with_nothing_lost(tmp_path):
+    first = ["logger=wandb", "trainer.max_epochs=4", "test=false", "trainer.log_every_n_steps=1", *TINY_DATA]
+    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=5"]  # 2 steps an epoch
+    proc = run_script(str(ROOT / "train.py"), *first, *kill, cwd=tmp_path)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL in the middle of the third epoch
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+    # The run's own overrides come back from its directory; `++...=null` drops the killer.
+    proc = run_script(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / "logs" / "train" / "runs").iterdir()) == [run_dir]
+    assert len(list((run_dir / ".hydra").glob("resume-*/overrides.yaml"))) == 1  # the first record is kept
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert (summary["epochs"], summary["global_step"]) == (4, 8)
+
+    rows = read_metrics_csv(run_dir)  # every epoch and step exactly once, across the kill
+    assert [r["epoch"] for r in rows if r.get("val/mIoU")] == ["0", "1", "2", "3"]
+    assert [r["step"] for r in rows if r.get("train/loss_step")] == [str(s) for s in range(8)]
+    lrs = [float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")]
+    assert lrs == pytest.approx(uninterrupted_learning_rates(total_steps=8), rel=1e-6)  # the schedule went on
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["optimizer_states"][0]["state"][0]["step"] == 8  # AdamW's moments carried across
+
+    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in wandb_runs}) == 1  # one W&B run id
+    best_score = max(float(r["val/mIoU"]) for r in rows if r.get("val/mIoU"))
+    assert summary["metrics"]["val/mIoU_best"] == pytest.approx(best_score)
+    scores = evaluate(compose_config("evaluate", [f"ckpt_path={summary['best_checkpoint']}"], tmp_path / "eval"))
+    assert scores["val/mIoU"] == pytest.approx(best_score, abs=1e-6)  # the best checkpoint loads and is the best
 
 
 def test_train_then_evaluate_scripts(tmp_path):

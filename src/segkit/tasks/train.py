@@ -7,9 +7,12 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segkit.loggers import CSVLogger
 from segkit.module import SegmentationModule
+from segkit.resume import find_checkpoint, run_dir_of, wandb_run_id
 from segkit.tasks.common import (
     build_trainer,
     finish_wandb,
@@ -38,16 +41,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
+    checkpoint = find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir)
+    in_place = checkpoint is not None and run_dir_of(checkpoint) == output_dir.resolve()
+    if in_place:
+        continue_wandb_run(cfg, output_dir)
+
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     trainer = build_trainer(cfg)
+    if in_place:
+        resumed_step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.forget_from(resumed_step)
     hparams = {**plain(cfg), **module.parameter_counts(), "output_dir": str(output_dir)}
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
 
     try:
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
         metrics = float_metrics(trainer.callback_metrics)
         metrics["time/fit_s"] = time.perf_counter() - start
         best_path, last_path = checkpoint_paths(trainer)
@@ -71,6 +84,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         headline = {k: v for k, v in metrics.items() if k.count("/") == 1 and not k.startswith("train/")}
         print_table(f"Run directory: {output_dir}", headline)
     return metrics
+
+
+def continue_wandb_run(cfg: DictConfig, run: Path) -> None:
+    """A run resumed in place logs to its own W&B run (the id W&B recorded in the run directory)."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    run_id = wandb_run_id(run)
+    if wandb_cfg is not None and run_id and wandb_cfg.get("id") is None:
+        with open_dict(wandb_cfg):
+            wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
 
 
 def checkpoint_paths(trainer: L.Trainer) -> tuple[str, str]:
