@@ -4,6 +4,8 @@
 
 Reads each job's overrides (`.hydra/overrides.yaml`) and `metrics.json`, and writes `summary.md`, `summary.csv`
 and `summary.png` (a bar per job) into the sweep directory; jobs without results are listed as unfinished.
+An Optuna search (`hparams_search=...`) has the same job folders; its best trial, from the sweeper's
+`optimization_results.yaml`, is added under the table.
 """
 
 from __future__ import annotations
@@ -63,9 +65,22 @@ def write_outputs(sweep_dir: Path, rows: list[dict[str, Any]], metric: str) -> N
         writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_fmt(row[k]) for k in keys) + " |" for row in rows]
-    (sweep_dir / "summary.md").write_text(f"# {sweep_dir.name}: jobs by {metric}\n\n" + "\n".join(lines) + "\n")
+    (sweep_dir / "summary.md").write_text(f"# {sweep_dir.name}: jobs by {metric}\n\n" + "\n".join(lines) + "\n"
+                                          + optuna_best(sweep_dir))
     bar_chart(rows, metric, [k for k in keys if k not in ("job", "status") and k != metric and "/" not in k]
               ).save(sweep_dir / "summary.png")
+
+
+def optuna_best(sweep_dir: Path) -> str:
+    """The Optuna sweeper's verdict (its own optimized_metric and direction), as markdown; "" for other sweeps."""
+    results_file = sweep_dir / "optimization_results.yaml"
+    if not results_file.is_file():
+        return ""
+    results = OmegaConf.to_container(OmegaConf.load(results_file))
+    if "best_value" not in results:  # a multi-objective study: a Pareto front instead of one best trial
+        return f"\nOptuna: {len(results.get('solutions', []))} Pareto-optimal trials, see {results_file.name}.\n"
+    params = ", ".join(f"{k}={v}" for k, v in results["best_params"].items())
+    return f"\nOptuna best value: {_fmt(float(results['best_value']))} with {params}\n"
 
 
 def bar_chart(rows: list[dict[str, Any]], metric: str, label_keys: list[str]) -> Image.Image:
