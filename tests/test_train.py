@@ -32,6 +32,11 @@ def read_metrics_csv(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def protobuf_string(text: str) -> bytes:
+    """How a short string field (a W&B tag or group) is stored in a run's .wandb records: its length, then it."""
+    return bytes([len(text)]) + text.encode()
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One short real run (2 epochs, CSV + offline W&B) shared by the tests that inspect its results."""
@@ -204,10 +209,13 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1"]
     models = []
-    for job in jobs:
+    for job, model in zip(jobs, ["fcn", "unet"]):
         assert (job / "metrics.json").is_file()
         models.append(OmegaConf.load(job / "config.yaml").model._target_)
-        assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job
+        (wandb_run,) = (job / "wandb").glob("offline-run-*/*.wandb")  # one W&B run per job
+        records = wandb_run.read_bytes()  # grouped by the sweep, tagged with the job's parameters
+        assert protobuf_string(f"train-sweep-{sweep_dir.name}") in records
+        assert protobuf_string(f"model={model}") in records and protobuf_string("debug") in records  # debug=fast tags it
     assert models == ["segkit.models.FCN", "segkit.models.UNet"]
     # The sweep summary reads it back: a row per job, best first, with what was swept.
     proc = run_script("-m", "segkit.sweeps", str(sweep_dir), cwd=tmp_path)

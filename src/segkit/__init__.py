@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from segkit import resume
+from segkit import resume, run_names
 
 __version__ = "0.1.0"
 
@@ -13,13 +13,10 @@ __version__ = "0.1.0"
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def _run_name(task_name: str, overrides: str) -> str:
-    """`train` for a default run, `train:backbone=resnet50,model=fcn` for one with overrides."""
-    return f"{task_name}:{overrides}" if overrides else task_name
-
-
 # Config resolvers live here so that importing any part of segkit makes them available.
-OmegaConf.register_new_resolver("segkit.run_name", _run_name, replace=True)
+OmegaConf.register_new_resolver("segkit.run_name", run_names.run_name, replace=True)
+OmegaConf.register_new_resolver("segkit.wandb_group", run_names.wandb_group, replace=True)
+OmegaConf.register_new_resolver("segkit.wandb_tags", run_names.wandb_tags, replace=True)
 # The working directory, resolvable before Hydra's own `${hydra:runtime.cwd}` exists (a sweep's directory is
 # resolved before any job starts).
 OmegaConf.register_new_resolver("segkit.cwd", os.getcwd, replace=True)

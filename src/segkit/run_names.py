@@ -1,0 +1,28 @@
+"""How runs are named on dashboards: a sweep's jobs share a W&B group and carry their overrides as tags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+MAX_TAG_LENGTH = 64  # W&B refuses longer tags
+
+
+def run_name(task_name: str, overrides: str) -> str:
+    """`train` for a default run, `train:backbone=resnet50,model=fcn` for one with overrides."""
+    return f"{task_name}:{overrides}" if overrides else task_name
+
+
+def is_sweep(mode: Any) -> bool:
+    return getattr(mode, "name", str(mode)) == "MULTIRUN"
+
+
+def wandb_group(task_name: str, mode: Any, sweep_dir: str) -> str:
+    """One group per sweep (`train-sweep-<its directory>`), else the task's name."""
+    return f"{task_name}-sweep-{Path(sweep_dir).name}" if is_sweep(mode) else task_name
+
+
+def wandb_tags(tags: Sequence[str] | None, mode: Any, overrides: Sequence[str]) -> list[str]:
+    """The configured tags, plus each override of a sweep's job (`model=fcn`, `optimizer.lr=0.003`)."""
+    extra = [o.lstrip("+~")[:MAX_TAG_LENGTH] for o in overrides] if is_sweep(mode) else []
+    return list(dict.fromkeys([*(tags or []), *extra]))
