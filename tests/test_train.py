@@ -245,6 +245,22 @@ def test_two_process_ddp_on_cpu_agrees_across_ranks_and_with_one_process(tmp_pat
     assert single["val/pixel_acc"] == pytest.approx(val["val/pixel_acc"], abs=1e-6)
 
 
+def test_torchrun_processes_share_one_run_directory(tmp_path):
+    """Under torchrun every process composes its own config; they must still agree on the run directory."""
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node=2", "--master-port=29531"]
+    proc = subprocess.run(
+        [*torchrun, str(ROOT / "train.py"), "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+         "trainer.max_epochs=1", "logger=csv", "test=false", "data.num_workers=0", *TINY_DATA],
+        cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert "-torchrun" in run_dir.name
+    ranks = [json.loads((run_dir / "ranks" / f"metrics.rank{r}.json").read_text())["metrics"] for r in (0, 1)]
+    assert ranks[0]["val/mIoU"] == ranks[1]["val/mIoU"]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1  # 8 images / (2 x 4)
+
+
 def test_tensorboard_logger_records_scores_and_prediction_images(tiny_train_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
