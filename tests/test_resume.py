@@ -84,3 +84,11 @@ def test_static_torchrun_names_the_directory_after_its_agent(monkeypatch):
     assert name.endswith(f"-torchrun{os.getppid()}") and name == resume.launch_name()
     monkeypatch.setenv("RANK", "1")
     assert resume.hydra_subdir("/nowhere", None, "stamp") is None  # only rank 0 writes Hydra's record
+
+
+def test_a_requeued_job_resumes_from_the_newest_state_lightning_saved(tmp_path):
+    assert resume.requeued_checkpoint(tmp_path) is None
+    for n in (1, 2, 10):
+        (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"state")
+    (tmp_path / "hpc_ckpt_x.ckpt").write_bytes(b"not Lightning's")
+    assert resume.requeued_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_10.ckpt"  # by number, not by name

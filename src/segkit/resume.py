@@ -38,6 +38,12 @@ def find_checkpoint(ckpt_path: str | None, runs_dir: str | Path) -> Path | None:
     return path
 
 
+def requeued_checkpoint(run: Path) -> Path | None:
+    """The state Lightning saved in `run` before SLURM requeued the job (`hpc_ckpt_<N>.ckpt`, highest N)."""
+    saved = [(int(p.stem.rsplit("_", 1)[1]), p) for p in run.glob("hpc_ckpt_*.ckpt") if p.stem.rsplit("_", 1)[1].isdigit()]
+    return max(saved)[1] if saved else None
+
+
 def run_dir_of(checkpoint: Path | None) -> Path | None:
     """The run that wrote `checkpoint` (`<run>/checkpoints/<file>`, with Hydra's record in `<run>/.hydra`)."""
     if checkpoint is None:

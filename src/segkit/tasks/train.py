@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.loggers import CSVLogger
 from segkit.module import SegmentationModule
-from segkit.resume import find_checkpoint, run_dir_of, wandb_run_id
+from segkit.resume import find_checkpoint, requeued_checkpoint, wandb_run_id
 from segkit.tasks.common import (
     build_trainer,
     finish_wandb,
@@ -41,8 +41,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    checkpoint = find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir)
-    in_place = checkpoint is not None and run_dir_of(checkpoint) == output_dir.resolve()
+    checkpoint = find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir) or requeued_checkpoint(output_dir)
+    in_place = checkpoint is not None and output_dir.resolve() in checkpoint.resolve().parents
     if in_place:
         continue_wandb_run(cfg, output_dir)
 
