@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MaxMetric
 
 from segkit.inference import Inference
@@ -124,6 +125,30 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_scores("test")
+
+    # Weight averaging (`callbacks=ema`: Lightning's EMAWeightAveraging) saves the averaged copy of the module as a
+    # checkpoint's `state_dict` and the trained module as `current_model_state`; the callback's hooks run before
+    # these on save and after them on load.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Only parameters and buffers are averaged: the averaged copy's metric states (`val_miou_best`) are those
+        of the start of training, so the checkpoint keeps the run's own."""
+        current = checkpoint.get("current_model_state")
+        if current is None:
+            return
+        averaged = {name for name, _ in self.named_parameters()} | {name for name, _ in self.named_buffers()}
+        state = checkpoint["state_dict"]
+        for key in state:
+            if key not in averaged and key in current:
+                state[key] = current[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Outside fit (train.py testing the best checkpoint after training), the callback would put the trained
+        weights back, so the test would not score the averaged weights that validation chose the checkpoint by
+        and evaluate.py loads: there the averaged weights are the model. Resuming a fit is unchanged."""
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        if "current_model_state" in checkpoint and not fitting:
+            checkpoint["current_model_state"] = checkpoint["state_dict"]
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
