@@ -37,3 +37,15 @@ def test_wandb_run_names_say_what_was_overridden(tmp_path):
     assert default.logger.wandb.name == "train"
     changed = compose_config("train", ["model=fcn", "backbone=resnet50"], tmp_path)
     assert changed.logger.wandb.name == "train:backbone=resnet50,model=fcn"
+
+
+def test_sweep_jobs_share_a_wandb_group_and_are_tagged_with_their_overrides():
+    from hydra.types import RunMode
+
+    from segkit.run_names import wandb_group, wandb_tags
+
+    assert wandb_group("train", RunMode.RUN, "logs/train/multiruns/S") == "train"
+    assert wandb_group("train", RunMode.MULTIRUN, "logs/train/multiruns/S") == "train-sweep-S"
+    long = "+data.root=/" + "x" * 100
+    assert list(wandb_tags(["dev"], RunMode.MULTIRUN, ["model=fcn", long, "dev"])) == ["dev", "model=fcn", long[1:65]]
+    assert list(wandb_tags(["dev"], RunMode.RUN, ["model=fcn"])) == ["dev"]

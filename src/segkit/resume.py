@@ -40,7 +40,8 @@ def find_checkpoint(ckpt_path: str | None, runs_dir: str | Path) -> Path | None:
 
 def requeued_checkpoint(run: Path) -> Path | None:
     """The state Lightning saved in `run` before SLURM requeued the job (`hpc_ckpt_<N>.ckpt`, highest N)."""
-    saved = [(int(p.stem.rsplit("_", 1)[1]), p) for p in run.glob("hpc_ckpt_*.ckpt") if p.stem.rsplit("_", 1)[1].isdigit()]
+    numbers = {p: p.stem.removeprefix("hpc_ckpt_") for p in run.glob("hpc_ckpt_*.ckpt")}
+    saved = [(int(n), p) for p, n in numbers.items() if n.isdigit()]
     return max(saved)[1] if saved else None
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from omegaconf import ListConfig
+
 MAX_TAG_LENGTH = 64  # W&B refuses longer tags
 
 
@@ -22,7 +24,8 @@ def wandb_group(task_name: str, mode: Any, sweep_dir: str) -> str:
     return f"{task_name}-sweep-{Path(sweep_dir).name}" if is_sweep(mode) else task_name
 
 
-def wandb_tags(tags: Sequence[str] | None, mode: Any, overrides: Sequence[str]) -> list[str]:
-    """The configured tags, plus each override of a sweep's job (`model=fcn`, `optimizer.lr=0.003`)."""
+def wandb_tags(tags: Sequence[str] | None, mode: Any, overrides: Sequence[str]) -> ListConfig:
+    """The configured tags, plus each override of a sweep's job (`model=fcn`, `optimizer.lr=0.003`).
+    A ListConfig, not a list: OmegaConf.resolve cannot put a plain list where the interpolation was."""
     extra = [o.lstrip("+~")[:MAX_TAG_LENGTH] for o in overrides] if is_sweep(mode) else []
-    return list(dict.fromkeys([*(tags or []), *extra]))
+    return ListConfig(list(dict.fromkeys([*(tags or []), *extra])))

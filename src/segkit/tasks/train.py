@@ -44,13 +44,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint = find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir) or requeued_checkpoint(output_dir)
     in_place = checkpoint is not None and output_dir.resolve() in checkpoint.resolve().parents
     if in_place:
-        continue_wandb_run(cfg, output_dir)
+        resumed_step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        continue_logs(cfg, output_dir, resumed_step)
 
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     trainer = build_trainer(cfg)
     if in_place:
-        resumed_step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
                 logger.forget_from(resumed_step)
@@ -86,13 +86,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def continue_wandb_run(cfg: DictConfig, run: Path) -> None:
-    """A run resumed in place logs to its own W&B run (the id W&B recorded in the run directory)."""
-    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+def continue_logs(cfg: DictConfig, run: Path, resumed_step: int) -> None:
+    """A run resumed in place logs to its own W&B run (the id W&B recorded in the run directory), and TensorBoard
+    hides what the interrupted process logged after the checkpoint (`purge_step`)."""
+    loggers = cfg.get("logger") or {}
+    wandb_cfg, tensorboard_cfg = loggers.get("wandb"), loggers.get("tensorboard")
     run_id = wandb_run_id(run)
     if wandb_cfg is not None and run_id and wandb_cfg.get("id") is None:
         with open_dict(wandb_cfg):
             wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
+    if tensorboard_cfg is not None:
+        with open_dict(tensorboard_cfg):
+            tensorboard_cfg.purge_step = resumed_step
 
 
 def checkpoint_paths(trainer: L.Trainer) -> tuple[str, str]:
