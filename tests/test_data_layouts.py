@@ -35,7 +35,7 @@ def test_folder_ratio_split_is_a_seeded_partition_over_sub_folders(tmp_path):
         save(tmp_path / "data/images" / f"{key}.png", image_for(mask, rng))
         save(tmp_path / "data/masks" / f"{key}.png", mask)
         written[key] = mask
-    common = [f"data=folder", f"data.root={tmp_path / 'data'}", "data.splits={train:0.6,val:0.2,test:0.2}"]
+    common = ["data=folder", f"data.root={tmp_path / 'data'}", "data.splits={train:0.6,val:0.2,test:0.2}"]
     dm = build(tmp_path, *common, *THREE_CLASSES)
     splits = {s: raw_items(dm, s) for s in ("train", "val", "test")}
     assert [len(v) for v in splits.values()] == [6, 2, 2]

@@ -2,10 +2,6 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
@@ -18,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 
 import segkit  # noqa: F401  (registers the config resolvers)
 from segkit import sweeps
-from conftest import CONF, ROOT, TINY_DATA
+from conftest import CONF, ROOT, TINY_DATA, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -90,11 +86,6 @@ def test_tpe_sampler_runs_past_its_random_startup_trials():
             trial._suggest(key, dist)
         study.tell(trial, -abs(trial.params["optimizer.lr"] - 3e-3) + (trial.params["loss"] == "ce_dice"))
     assert len(study.trials) == 8 and study.best_value > 0.99  # some ce_dice trial is best
-
-
-def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_a_two_trial_optuna_search_runs_and_records_its_best(tmp_path):

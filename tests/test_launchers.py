@@ -10,8 +10,6 @@ import os
 import pickle
 import signal
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +24,7 @@ from omegaconf.errors import InterpolationValidationError
 
 import segkit  # noqa: F401  (registers the ${segkit.*} resolvers the sweep directory uses)
 from segkit.tasks.train import train
-from conftest import CONF, ROOT, TINY_DATA
+from conftest import CONF, ROOT, TINY_DATA, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -196,11 +194,9 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(
 
 
 def test_local_launcher_runs_a_sweep_job_through_submitit(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", "debug=fast", "logger=csv",
-         "seed=7", *TINY_DATA],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    proc = run_script(
+        str(ROOT / "train.py"), "-m", "hydra/launcher=local", "debug=fast", "logger=csv", "seed=7", *TINY_DATA,
+        cwd=tmp_path, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +13,9 @@ from omegaconf import OmegaConf
 
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.train import optimized_value, train
-from conftest import ROOT, TINY_DATA, compose_config
+from conftest import ROOT, TINY_DATA, compose_config, run_script, script_env
 
 pytestmark = pytest.mark.slow
-
-
-def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1",
-           "PYTHONPATH": str(ROOT / "tests")}  # test-only callbacks (tests/interrupt.py)
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def read_metrics_csv(run_dir: Path) -> list[dict]:
@@ -188,7 +179,7 @@ def test_train_then_evaluate_scripts(tmp_path):
 
 
 def test_unknown_backbone_fails_at_start_up_and_simultaneous_runs_get_their_own_directories(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    env = script_env()
     args = [sys.executable, str(ROOT / "train.py"), "backbone.name=resnet5O", "logger=csv", *TINY_DATA,
             f"paths.log_dir={tmp_path}"]
     procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -253,7 +244,7 @@ def test_torchrun_processes_share_one_run_directory(tmp_path):
     proc = subprocess.run(
         [*torchrun, str(ROOT / "train.py"), "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
          "trainer.max_epochs=1", "logger=csv", "test=false", "data.num_workers=0", *TINY_DATA],
-        cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()

@@ -123,7 +123,7 @@ def class_warnings(report: SplitReport, class_names: list[str], ignore_index: in
                 report.split,
                 "mostly ignored",
                 f"{share:.0%} of the pixels in {seen} are ignore_index {ignore_index}"
-                + (f" and the rest is one class" if present <= 1 else "")
+                + (" and the rest is one class" if present <= 1 else "")
                 + f". If a class is stored as {ignore_index}, map it with data.mask_encoding=values "
                 f"(e.g. data.mask_values=[0,{ignore_index}]) or data.label_map.",
                 fatal=present <= 1,

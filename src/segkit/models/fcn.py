@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from segkit.models.base import SegmentationModel
-from segkit.models.layers import ConvBNReLU, Upsample, fit_to
+from segkit.models.layers import ConvBNReLU, Upsample
 
 VARIANTS = {"32s": 1, "16s": 2, "8s": 3}  # how many of the deepest feature levels are scored
 
