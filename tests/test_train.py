@@ -224,10 +224,11 @@ def test_two_process_ddp_on_cpu_agrees_across_ranks_and_with_one_process(tmp_pat
         # trainer=ddp as on a GPU machine, less what needs GPUs (SyncBatchNorm refuses CPU tensors).
         str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         "trainer.sync_batchnorm=false", "trainer.precision=32-true",
-        "trainer.max_epochs=1", "logger=csv", "test=false", "data.num_workers=0", *TINY_DATA, cwd=tmp_path,
+        "trainer.max_epochs=1", "logger=wandb", "test=false", "data.num_workers=0", *TINY_DATA, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one run directory for both processes
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, rank 0's
     ranks = [json.loads((run_dir / "ranks" / f"metrics.rank{r}.json").read_text())["metrics"] for r in (0, 1)]
     val = {k: v for k, v in ranks[0].items() if k.startswith("val/")}
     assert val and val == {k: v for k, v in ranks[1].items() if k.startswith("val/")}  # synced, identical
@@ -243,12 +244,13 @@ def test_torchrun_processes_share_one_run_directory(tmp_path):
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node=2", "--master-port=29531"]
     proc = subprocess.run(
         [*torchrun, str(ROOT / "train.py"), "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-         "trainer.max_epochs=1", "logger=csv", "test=false", "data.num_workers=0", *TINY_DATA],
+         "trainer.max_epochs=1", "logger=wandb", "test=false", "data.num_workers=0", *TINY_DATA],
         cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     assert "-torchrun" in run_dir.name
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     ranks = [json.loads((run_dir / "ranks" / f"metrics.rank{r}.json").read_text())["metrics"] for r in (0, 1)]
     assert ranks[0]["val/mIoU"] == ranks[1]["val/mIoU"]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1  # 8 images / (2 x 4)
