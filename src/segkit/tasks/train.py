@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.loggers import CSVLogger
