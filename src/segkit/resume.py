@@ -45,6 +45,11 @@ def requeued_checkpoint(run: Path) -> Path | None:
     return max(saved)[1] if saved else None
 
 
+def resumes_in_place(checkpoint: Path | None, run: Path) -> bool:
+    """Whether training from `checkpoint` continues the run in `run` (the checkpoint is one of its own)."""
+    return checkpoint is not None and Path(run).resolve() in checkpoint.resolve().parents
+
+
 def run_dir_of(checkpoint: Path | None) -> Path | None:
     """The run that wrote `checkpoint` (`<run>/checkpoints/<file>`, with Hydra's record in `<run>/.hydra`)."""
     if checkpoint is None:
@@ -127,7 +132,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     command's overrides applied last (`python train.py ckpt_path=last` needs no repeat of the first command)."""
     hydra_cfg = HydraConfig.get()
     run = Path(hydra_cfg.runtime.output_dir).resolve()
-    if run_dir_of(find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir)) != run:
+    if not resumes_in_place(find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir), run):
         return cfg
     own_record = run / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
     overrides = recorded_overrides(run, skip=own_record) + list(hydra_cfg.overrides.task)

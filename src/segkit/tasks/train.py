@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.loggers import CSVLogger
 from segkit.module import SegmentationModule
-from segkit.resume import find_checkpoint, requeued_checkpoint, wandb_run_id
+from segkit.resume import find_checkpoint, requeued_checkpoint, resumes_in_place, wandb_run_id
 from segkit.tasks.common import (
     build_trainer,
     finish_wandb,
@@ -42,7 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     checkpoint = find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir) or requeued_checkpoint(output_dir)
-    in_place = checkpoint is not None and output_dir.resolve() in checkpoint.resolve().parents
+    in_place = resumes_in_place(checkpoint, output_dir)
     if in_place:
         resumed_step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
         continue_logs(cfg, output_dir, resumed_step)
