@@ -61,13 +61,18 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
                           timeout=timeout)
 
 
+def tiny_train_config(output_dir: Path, *overrides: str) -> DictConfig:
+    """A train config for seconds-long CPU runs: tiny data, one epoch, CSV logger, no test."""
+    base = TINY_DATA + ["logger=csv", "trainer.max_epochs=1", "test=false", "trainer.accelerator=cpu"]
+    return compose_config("train", base + list(overrides), output_dir)
+
+
 @pytest.fixture
 def tiny_train_cfg(tmp_path):
-    """A factory: `tiny_train_cfg(*overrides)` -> a train config for seconds-long CPU runs."""
+    """A factory: `tiny_train_cfg(*overrides)` -> `tiny_train_config` in this test's tmp_path."""
 
     def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
-        base = TINY_DATA + ["logger=csv", "trainer.max_epochs=1", "test=false", "trainer.accelerator=cpu"]
-        return compose_config("train", base + list(overrides), output_dir or tmp_path / "run")
+        return tiny_train_config(output_dir or tmp_path / "run", *overrides)
 
     return make
 

@@ -15,7 +15,7 @@ from segkit.metrics import scores_from_confusion
 from segkit.tasks.common import build_trainer
 from segkit.tasks.evaluate import load_module
 from segkit.tasks.train import build_module
-from conftest import TINY_DATA, compose_config
+from conftest import tiny_train_config
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,6 @@ FAST = ["trainer.num_sanity_val_steps=0", "++trainer.enable_model_summary=false"
 # Training only (no validation, no checkpoints, no callbacks), 4 batches of 2 images per epoch.
 TRAIN_ONLY = FAST + ["~callbacks", "++trainer.enable_checkpointing=false", "++trainer.limit_val_batches=0",
                      "data.batch_size=2"]
-
-
-def tiny_cfg(output_dir, *overrides):
-    base = TINY_DATA + ["logger=csv", "trainer.max_epochs=1", "test=false", "trainer.accelerator=cpu"]
-    return compose_config("train", base + list(overrides), output_dir)
 
 
 def fit(cfg, *callbacks, ckpt_path=None):
@@ -99,7 +94,7 @@ def test_losses_compute_in_float32_under_bf16_autocast(criterion):
 
 
 def test_training_step_under_bf16_autocast_gives_a_float32_loss_and_exact_metrics(tmp_path):
-    module = build_module(tiny_cfg(tmp_path))
+    module = build_module(tiny_train_config(tmp_path))
     images = torch.rand(2, 3, 40, 56)
     masks = torch.randint(0, module.num_classes, (2, 40, 56))
     with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
@@ -114,7 +109,7 @@ def test_training_step_under_bf16_autocast_gives_a_float32_loss_and_exact_metric
 
 def test_bf16_mixed_training_on_cpu_has_a_finite_float32_loss_and_logs_its_metrics(tmp_path):
     probe = DtypeProbe()
-    cfg = tiny_cfg(tmp_path / "run", "trainer.precision=bf16-mixed", *FAST)
+    cfg = tiny_train_config(tmp_path / "run", "trainer.precision=bf16-mixed", *FAST)
     trainer, _ = fit(cfg, probe)
     assert trainer.precision == "bf16-mixed"
     assert probe.logit_dtypes == {torch.bfloat16}  # the network ran in bf16 (training and validation) ...
@@ -132,7 +127,7 @@ def test_bf16_mixed_training_on_cpu_has_a_finite_float32_loss_and_logs_its_metri
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs CUDA")
 def test_16_mixed_training_on_gpu(tmp_path):
     probe = DtypeProbe()
-    cfg = tiny_cfg(tmp_path / "run", "trainer.accelerator=gpu", "trainer.precision=16-mixed", *FAST)
+    cfg = tiny_train_config(tmp_path / "run", "trainer.accelerator=gpu", "trainer.precision=16-mixed", *FAST)
     trainer, _ = fit(cfg, probe)
     assert trainer.precision_plugin.scaler is not None  # loss scaling
     assert probe.logit_dtypes == {torch.float16}
@@ -154,7 +149,7 @@ class StepProbe(Callback):
 @pytest.mark.parametrize("accumulate, steps_after_each_batch", [(1, [1, 2, 3, 4]), (2, [0, 1, 1, 2])])
 def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tmp_path, accumulate, steps_after_each_batch):
     probe = StepProbe()
-    cfg = tiny_cfg(tmp_path, f"trainer.accumulate_grad_batches={accumulate}", *TRAIN_ONLY)
+    cfg = tiny_train_config(tmp_path, f"trainer.accumulate_grad_batches={accumulate}", *TRAIN_ONLY)
     module = build_module(cfg)
     before = {k: v.clone() for k, v in float_params(module.state_dict()).items()}
     trainer = build_trainer(cfg, [probe])
@@ -195,8 +190,8 @@ CLIP = 1e-3
 
 def test_gradient_clipping_by_norm_is_what_the_optimizer_sees(tmp_path):
     probe = ClipProbe()
-    fit(tiny_cfg(tmp_path, f"trainer.gradient_clip_val={CLIP}", "trainer.gradient_clip_algorithm=norm",
-                 "++trainer.limit_train_batches=2", *TRAIN_ONLY), probe)
+    fit(tiny_train_config(tmp_path, f"trainer.gradient_clip_val={CLIP}", "trainer.gradient_clip_algorithm=norm",
+                          "++trainer.limit_train_batches=2", *TRAIN_ONLY), probe)
     assert len(probe.before) == len(probe.seen) == 2
     for (norm_before, _), (norm_seen, _) in zip(probe.before, probe.seen):
         assert norm_before > 100 * CLIP  # the raw gradient is far larger ...
@@ -205,8 +200,8 @@ def test_gradient_clipping_by_norm_is_what_the_optimizer_sees(tmp_path):
 
 def test_gradient_clipping_by_value_bounds_every_gradient(tmp_path):
     probe = ClipProbe()
-    fit(tiny_cfg(tmp_path, f"trainer.gradient_clip_val={CLIP}", "trainer.gradient_clip_algorithm=value",
-                 "++trainer.limit_train_batches=2", *TRAIN_ONLY), probe)
+    fit(tiny_train_config(tmp_path, f"trainer.gradient_clip_val={CLIP}", "trainer.gradient_clip_algorithm=value",
+                          "++trainer.limit_train_batches=2", *TRAIN_ONLY), probe)
     assert len(probe.seen) == 2
     for (_, max_before), (_, max_seen) in zip(probe.before, probe.seen):
         assert max_before > 10 * CLIP
@@ -214,7 +209,7 @@ def test_gradient_clipping_by_value_bounds_every_gradient(tmp_path):
 
 
 def test_no_clipping_by_default(tmp_path):
-    cfg = tiny_cfg(tmp_path)
+    cfg = tiny_train_config(tmp_path)
     assert cfg.trainer.gradient_clip_val is None and cfg.trainer.accumulate_grad_batches == 1
     trainer = build_trainer(cfg)
     assert trainer.gradient_clip_val is None and trainer.gradient_clip_algorithm == "norm"
@@ -240,7 +235,7 @@ class WeightsProbe(Callback):
 def ema_run(tmp_path_factory):
     """Two epochs (4 optimizer steps) with `callbacks=ema` as configured."""
     run_dir = tmp_path_factory.mktemp("ema") / "run"
-    cfg = tiny_cfg(run_dir, "callbacks=ema", "trainer.max_epochs=2", *FAST)
+    cfg = tiny_train_config(run_dir, "callbacks=ema", "trainer.max_epochs=2", *FAST)
     probe = WeightsProbe()
     trainer, module = fit(cfg, probe)
     (ema,) = [cb for cb in trainer.callbacks if isinstance(cb, EMAWeightAveraging)]
@@ -302,7 +297,7 @@ def test_testing_a_checkpoint_after_an_ema_fit_scores_the_averaged_weights(ema_r
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resumed into a new run directory
 def test_resuming_an_ema_run_restores_trained_and_averaged_weights(ema_run, tmp_path):
     cfg, run_dir, trainer, module, ema, probe, checkpoint = ema_run
-    resumed_cfg = tiny_cfg(tmp_path / "resumed", "callbacks=ema", "trainer.max_epochs=3", *FAST)
+    resumed_cfg = tiny_train_config(tmp_path / "resumed", "callbacks=ema", "trainer.max_epochs=3", *FAST)
     resumed_probe = WeightsProbe()
     resumed, _ = fit(resumed_cfg, resumed_probe, ckpt_path=run_dir / "checkpoints" / "last.ckpt")
     (resumed_ema,) = [cb for cb in resumed.callbacks if isinstance(cb, EMAWeightAveraging)]
