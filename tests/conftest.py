@@ -61,6 +61,14 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
                           timeout=timeout)
 
 
+def compose_with_hydra(*overrides: str) -> DictConfig:
+    """The train config as `train.py -m <overrides>` composes it, `hydra` node included and unresolved (its
+    sweeper and launcher resolve against the whole)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="train"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
 def tiny_train_config(output_dir: Path, *overrides: str) -> DictConfig:
     """A train config for seconds-long CPU runs: tiny data, one epoch, CSV logger, no test."""
     base = TINY_DATA + ["logger=csv", "trainer.max_epochs=1", "test=false", "trainer.accelerator=cpu"]

@@ -5,8 +5,6 @@ import json
 
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
@@ -14,19 +12,12 @@ from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 
 import segkit  # noqa: F401  (registers the config resolvers)
 from segkit import sweeps
-from conftest import CONF, ROOT, TINY_DATA, run_script
+from conftest import CONF, ROOT, TINY_DATA, compose_with_hydra, run_script
 
 pytestmark = pytest.mark.slow
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-
-
-def compose_with_hydra(overrides: list[str]) -> DictConfig:
-    """The train config with its `hydra` node (conftest's compose_config drops it), unresolved."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
 
 
 def search_space(cfg: DictConfig) -> dict:
@@ -38,13 +29,13 @@ def search_space(cfg: DictConfig) -> dict:
 
 def test_searches_exist_and_the_default_is_no_search():
     assert "lr_loss" in SEARCHES and len(SEARCHES) >= 2
-    cfg = compose_with_hydra([])
+    cfg = compose_with_hydra()
     assert cfg.hydra.sweeper._target_ != OPTUNA_SWEEPER  # plain `-m` stays a grid sweep
 
 
 @pytest.mark.parametrize("name", SEARCHES)
 def test_search_composes_into_a_seeded_tpe_optuna_sweeper(name):
-    cfg = compose_with_hydra([f"hparams_search={name}", "debug=fast"])  # debug composes after the search
+    cfg = compose_with_hydra(f"hparams_search={name}", "debug=fast")  # debug composes after the search
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == OPTUNA_SWEEPER
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
@@ -65,19 +56,19 @@ def test_search_composes_into_a_seeded_tpe_optuna_sweeper(name):
     if "optimizer.lr" in space:
         assert space["optimizer.lr"] == LogUniformDistribution(1e-4, 1e-2)
     # Command-line overrides of the search still win.
-    cfg = compose_with_hydra([f"hparams_search={name}", "hydra.sweeper.n_trials=2", "experiment=unet_efficientnet_b0"])
+    cfg = compose_with_hydra(f"hparams_search={name}", "hydra.sweeper.n_trials=2", "experiment=unet_efficientnet_b0")
     assert cfg.hydra.sweeper.n_trials == 2 and cfg.hydra.sweeper._target_ == OPTUNA_SWEEPER
 
 
 def test_lr_loss_searches_lr_weight_decay_and_loss():
-    space = search_space(compose_with_hydra(["hparams_search=lr_loss"]))
+    space = search_space(compose_with_hydra("hparams_search=lr_loss"))
     assert set(space) == {"optimizer.lr", "optimizer.weight_decay", "loss"}
     assert set(space["loss"].choices) == {"ce", "ce_dice"}
 
 
 def test_tpe_sampler_runs_past_its_random_startup_trials():
     """optuna 2.10 with this numpy: the model-based part of TPE, which a 2-trial sweep never reaches."""
-    cfg = compose_with_hydra(["hparams_search=lr_loss", "hydra.sweeper.sampler.n_startup_trials=3"])
+    cfg = compose_with_hydra("hparams_search=lr_loss", "hydra.sweeper.sampler.n_startup_trials=3")
     space = search_space(cfg)
     study = optuna.create_study(sampler=instantiate(cfg.hydra.sweeper.sampler), direction="maximize")
     for _ in range(8):
@@ -99,7 +90,7 @@ def test_a_two_trial_optuna_search_runs_and_records_its_best(tmp_path):
     assert [p.name for p in jobs] == ["0", "1"]
 
     # What the seeded sampler proposes is what the jobs ran with, and it lies in the declared ranges.
-    cfg = compose_with_hydra(["hparams_search=lr_loss"])
+    cfg = compose_with_hydra("hparams_search=lr_loss")
     space = search_space(cfg)
     study = optuna.create_study(sampler=instantiate(cfg.hydra.sweeper.sampler), direction="maximize")
     values, sampled = [], []

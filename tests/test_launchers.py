@@ -15,8 +15,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import submitit
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
@@ -24,19 +22,12 @@ from omegaconf.errors import InterpolationValidationError
 
 import segkit  # noqa: F401  (registers the ${segkit.*} resolvers the sweep directory uses)
 from segkit.tasks.train import train
-from conftest import CONF, ROOT, TINY_DATA, run_script
+from conftest import ROOT, TINY_DATA, compose_with_hydra, run_script
 
 pytestmark = pytest.mark.slow
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 LOCAL_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
-
-
-def compose_multirun(*overrides: str) -> DictConfig:
-    """`train.py -m <overrides>`'s config, hydra node included (its launcher resolves against the whole)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="train"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
 
 
 def launcher_params(cfg: DictConfig) -> dict:
@@ -85,7 +76,7 @@ def slurm_env(params: dict, job_id: str = "4242", task: int = 0) -> dict[str, st
 
 
 def test_slurm_launcher_asks_for_a_job_lightning_ddp_can_run_in(tmp_path, monkeypatch):
-    cfg = compose_multirun(
+    cfg = compose_with_hydra(
         "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
         f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.partition=gpu",
     )
@@ -118,16 +109,16 @@ def test_slurm_launcher_asks_for_a_job_lightning_ddp_can_run_in(tmp_path, monkey
 
 
 def test_slurm_launcher_needs_a_device_count_when_the_trainer_has_devices_auto():
-    cfg = compose_multirun("hydra/launcher=slurm", "trainer=ddp")
+    cfg = compose_with_hydra("hydra/launcher=slurm", "trainer=ddp")
     assert cfg.trainer.devices == "auto"
     with pytest.raises(InterpolationValidationError, match="auto") as error:
         launcher_params(cfg)
     assert "hydra.launcher.tasks_per_node" in str(error.value)  # names the key to set
     # The one key to set: tasks and GPUs per node follow it, `auto` then sees those GPUs.
-    params = launcher_params(compose_multirun("hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.tasks_per_node=8"))
+    params = launcher_params(compose_with_hydra("hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.tasks_per_node=8"))
     assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (1, 8, 8)
     # The default trainer (one device): one GPU, one task per job, the shape of a plain sweep.
-    params = launcher_params(compose_multirun("hydra/launcher=slurm"))
+    params = launcher_params(compose_with_hydra("hydra/launcher=slurm"))
     assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (1, 1, 1)
 
 
@@ -160,7 +151,7 @@ def restore_signal_handlers():
 def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(
     tiny_train_cfg, tmp_path, monkeypatch, restore_signal_handlers
 ):
-    launcher = launcher_params(compose_multirun("hydra/launcher=slurm"))
+    launcher = launcher_params(compose_with_hydra("hydra/launcher=slurm"))
     signame = launcher["additional_parameters"]["signal"].split("@")[0]  # what SLURM will send
     # A fake scontrol that records its arguments.
     bin_dir = tmp_path / "bin"
