@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from conftest import compose_config
 from fake_data import blocks, folder_overrides, image_for, save
-from segkit.data.transforms import CatMaxRatioCrop, WorkerSeeded
+from segkit.data.transforms import CatMaxRatioCrop, SeededPipeline
 
 
 def test_cat_max_ratio_crop_avoids_crops_of_one_class():
@@ -71,7 +71,7 @@ class Crops(torch.utils.data.Dataset):
     """The same image every time: only the pipeline's randomness differs between items."""
 
     def __init__(self):
-        self.transform = WorkerSeeded(A.Compose([A.RandomCrop(8, 8)]))
+        self.transform = SeededPipeline(A.Compose([A.RandomCrop(8, 8)]))
         self.image = np.arange(64 * 64 * 3, dtype=np.float32).reshape(64, 64, 3)
 
     def __len__(self):

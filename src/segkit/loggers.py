@@ -1,23 +1,65 @@
-"""Lightning's CSV logger, made safe to resume: a resumed run keeps its metrics history."""
+"""Lightning's CSV logger, made safe to resume: a resumed run keeps its metrics history, and no rewrite of
+`metrics.csv` or `hparams.yaml` can be cut short by a kill."""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
+from typing import Any
 
+import yaml
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from segkit.atomic import atomic_open, atomic_write_text
+
+
+def read_rows(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and complete rows of a metrics.csv; a last line that a kill cut short is left out."""
+    with open(path, newline="") as file:
+        text = file.read()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    return list(reader.fieldnames or []), list(reader)
+
+
+def write_rows(path: str, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    with atomic_open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
 
 class AppendingWriter(ExperimentWriter):
-    """Appends to an existing metrics.csv (Lightning's writer deletes it)."""
+    """Appends to an existing metrics.csv (Lightning's writer deletes it); rewrites (a new column) and
+    hparams.yaml are atomic."""
 
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+            self.metrics_keys = read_rows(self.metrics_file_path)[0]
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        write_rows(self.metrics_file_path, fieldnames, read_rows(self.metrics_file_path)[1])
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        self.hparams.update(params)
+        text = yaml.safe_dump(_plain(self.hparams), sort_keys=False)
+        atomic_write_text(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), text)
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe: containers kept, numbers and strings as they are, anything else as its text."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 class CSVLogger(LightningCSVLogger):
@@ -35,12 +77,5 @@ class CSVLogger(LightningCSVLogger):
         path = self.experiment.metrics_file_path
         if not os.path.isfile(path):
             return
-        with open(path, newline="") as file:
-            reader = csv.DictReader(file)
-            fields, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) < step]
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        fields, rows = read_rows(path)
+        write_rows(path, fields, [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) < step])

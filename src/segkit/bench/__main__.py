@@ -15,7 +15,7 @@ from rich.table import Table
 from segkit import CONFIG_DIR
 from segkit.bench.loading import bench_loading
 from segkit.bench.model import bench_model
-from segkit.tasks.common import write_json
+from segkit.atomic import write_json
 
 # JSON key -> column heading.
 COLUMNS = {

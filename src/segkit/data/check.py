@@ -23,7 +23,7 @@ from segkit import CONFIG_DIR
 from segkit.data.datamodule import SPLITS
 from segkit.data.filedata import FileDataModule
 from segkit.data.scan import Problem, SplitReport, suggest_class_weights
-from segkit.tasks.common import write_json
+from segkit.atomic import write_json
 
 
 def check_dataset(

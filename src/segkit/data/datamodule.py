@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import random
+import signal
+from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from segkit.data.dataset import collate
+from segkit.data.sampling import EpochSampler
 
 SPLITS = ("train", "val", "test")
 
@@ -48,6 +54,9 @@ class SegDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.crop_size = list(crop_size) if crop_size else None
         self.datasets: dict[str, Dataset] = {}
+        # Shuffling and augmentation follow this seed (the run's, from seed_everything); it travels in checkpoints.
+        self.sampling_seed = int(os.environ.get("PL_GLOBAL_SEED", random.randrange(2**31)))
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already trained) after a mid-epoch stop
 
     def make_dataset(self, split: str) -> Dataset:
         raise NotImplementedError
@@ -65,17 +74,45 @@ class SegDataModule(L.LightningDataModule):
                 f"The {split} split of {type(self).__name__} is empty. Fix: check the data config "
                 f"(python -m segkit.data.check shows what it finds), or run with test=false if there is no test split."
             )
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        sampler = None
+        if shuffle:
+            sampler = EpochSampler(len(dataset), self.sampling_seed)
+            if self._resume_at is not None:
+                epoch, batches = self._resume_at
+                sampler.skip(epoch, batches * batch_size)
+                self._resume_at = None
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            batch_size=batch_size,
+            sampler=sampler,
             # BatchNorm cannot train on a batch of one: never end an epoch with a lone sample.
             drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
+            worker_init_fn=_init_worker,
+            # Worker seeds from the loader's own generator: loaders never draw from the global random state that
+            # the model's dropout uses, so a resumed run's stream stays the uninterrupted run's.
+            generator=torch.Generator().manual_seed(self.sampling_seed),
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling seed, and how far the current epoch got: a checkpoint written mid-epoch (a stop) resumes
+        after the batches it had trained on."""
+        state: dict[str, Any] = {"sampling_seed": self.sampling_seed}
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if 0 < done < trainer.num_training_batches:
+                state["resume_at"] = [trainer.current_epoch, done]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.sampling_seed = int(state_dict.get("sampling_seed", self.sampling_seed))
+        resume_at = state_dict.get("resume_at")
+        self._resume_at = (int(resume_at[0]), int(resume_at[1])) if resume_at else None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -85,3 +122,10 @@ class SegDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal: workers leave it to the main process, which stops the run
+    after the current batch and saves; Lightning's per-worker seeding as usual."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pl_worker_init_function(worker_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +12,10 @@ from torch.utils.data import Dataset, default_collate
 
 from segkit.data.encoding import INVALID, MaskEncoding
 from segkit.data.files import DataError, image_scale, read_image, read_mask
+from segkit.data.sampling import SampleKey, split_key
+
+if TYPE_CHECKING:
+    from segkit.data.transforms import SeededPipeline
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class SegmentationFiles(Dataset):
         samples: Sequence[Sample],
         encoding: MaskEncoding,
         in_channels: int,
-        transform: Callable[..., dict[str, Any]] | None = None,
+        transform: SeededPipeline | None = None,
         image_max_value: float | None = None,
         repeat: int = 1,
     ) -> None:
@@ -58,12 +62,13 @@ class SegmentationFiles(Dataset):
         check_mask(mask, stored, sample.mask, self.encoding)
         return image, mask
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
+        index, seed = split_key(key)
         image, mask = self.load(index)
         if image.dtype != np.uint8:  # albumentations works on uint8 or float32 in [0, 1]
             image = image.astype(np.float32) / image_scale(image.dtype, self.image_max_value)
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask.astype(self.mask_dtype))
+            out = self.transform(image=image, mask=mask.astype(self.mask_dtype), seed=seed)
             image, mask = out["image"], out["mask"]
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         tensor = tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()

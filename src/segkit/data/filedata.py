@@ -17,7 +17,7 @@ from segkit.data.dataset import Sample, SegmentationFiles
 from segkit.data.encoding import MaskEncoding
 from segkit.data.files import IMAGE_SUFFIXES, DataError
 from segkit.data.scan import Problem, SplitReport, class_warnings, scan_split
-from segkit.data.transforms import WorkerSeeded, build_pipeline
+from segkit.data.transforms import SeededPipeline, build_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class FileDataModule(SegDataModule):
             samples,
             self.encoding,
             self.in_channels,
-            transform=WorkerSeeded(pipeline) if pipeline is not None else None,
+            transform=SeededPipeline(pipeline) if pipeline is not None else None,
             image_max_value=self.image_max_value,
             repeat=self.repeat if split == "train" else 1,
         )

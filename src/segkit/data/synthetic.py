@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segkit.data.datamodule import SegDataModule
+from segkit.data.sampling import SampleKey, split_key
 
 SHAPES = ("disc", "square", "triangle")
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
@@ -47,7 +48,8 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | SampleKey) -> dict[str, torch.Tensor]:
+        index, _ = split_key(key)  # drawn, not augmented: the image is a function of the index alone
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         image, mask = self.render(np.random.default_rng([self.seed, self.stream, index]))

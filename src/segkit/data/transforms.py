@@ -87,21 +87,25 @@ def build_pipeline(transforms: Sequence[Any] | None) -> A.Compose | None:
     return A.Compose(list(transforms))
 
 
-class WorkerSeeded:
-    """Reseeds an albumentations pipeline from torch's per-worker seed.
+class SeededPipeline:
+    """An albumentations pipeline whose randomness is given per sample.
 
-    Albumentations keeps its own random state, which every DataLoader worker would inherit unchanged: the
-    workers would crop and flip alike, and (without persistent workers) alike again every epoch. torch gives
-    each worker of each epoch its own seed, derived from the global seed, so this keeps runs reproducible too.
+    The training sampler hands every draw a seed of (run seed, epoch, index) (`segkit.data.sampling`), so crops and
+    flips do not depend on which worker reads the sample or on what ran before: a resumed run repeats them exactly.
+    Without a seed (browsing, a user's own loader) it falls back to torch's per-worker seed, which differs between
+    workers and epochs: albumentations keeps its own random state, which every DataLoader worker would otherwise
+    inherit unchanged, so that the workers would crop and flip alike.
     """
 
     def __init__(self, pipeline: A.Compose) -> None:
         self.pipeline = pipeline
-        self._seed: int | None = None
+        self._worker_seed: int | None = None
 
-    def __call__(self, **data: Any) -> dict[str, Any]:
-        seed = torch.initial_seed()
-        if seed != self._seed:
-            self.pipeline.set_random_seed(seed % 2**32)
-            self._seed = seed
+    def __call__(self, seed: int | None = None, **data: Any) -> dict[str, Any]:
+        if seed is not None:
+            self.pipeline.set_random_seed(seed)
+            self._worker_seed = None
+        elif torch.initial_seed() != self._worker_seed:
+            self._worker_seed = torch.initial_seed()
+            self.pipeline.set_random_seed(self._worker_seed % 2**32)
         return self.pipeline(**data)

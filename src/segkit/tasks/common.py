@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import netrc
 import os
 import sys
@@ -60,22 +58,6 @@ def float_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def split_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
     """The scores of one split (`val/...`, `test/...`), without running-best trackers such as `val/mIoU_best`."""
     return float_metrics({k: v for k, v in metrics.items() if k.startswith(f"{split}/") and not k.endswith("_best")})
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Writes via a temporary file so a crash never leaves a half-written result; NaN becomes null."""
-
-    def clean(value):
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        return value
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean(payload), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def finish_wandb() -> None:

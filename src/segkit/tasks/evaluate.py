@@ -10,7 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from segkit.inference import build_inference
 from segkit.module import SegmentationModule
 from segkit.report import build_report, print_report, write_report_files
-from segkit.tasks.common import build_trainer, finish_wandb, plain, split_metrics, write_json
+from segkit.atomic import write_json
+from segkit.tasks.common import build_trainer, finish_wandb, plain, split_metrics
 from segkit.visualize import PredictionTable
 from segkit.writers import MaskWriter
 

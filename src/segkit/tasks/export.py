@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from segkit.tasks.common import write_json
+from segkit.atomic import write_json
 from segkit.tasks.evaluate import load_module
 
 FORMATS = ("onnx", "torch_export")

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segkit.loggers import CSVLogger
 from segkit.module import SegmentationModule
 from segkit.resume import find_checkpoint, requeued_checkpoint, resumes_in_place, wandb_run_id
+from segkit.atomic import write_json
 from segkit.tasks.common import (
     build_trainer,
     finish_wandb,
@@ -20,7 +21,7 @@ from segkit.tasks.common import (
     plain,
     print_table,
     split_metrics,
-    write_json,
+
 )
 
 
