@@ -3,13 +3,16 @@
 import hydra
 from omegaconf import DictConfig
 
-from segkit.tasks.evaluate import evaluate
+from segkit.config_checks import check_overrides, validate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    from segkit.tasks.evaluate import evaluate  # Lightning and the models load after the config checks
+
+    evaluate(validate(cfg, "evaluate"))
 
 
 if __name__ == "__main__":
+    check_overrides("evaluate")  # a misspelled key fails here, before Hydra composes
     main()

@@ -3,13 +3,16 @@
 import hydra
 from omegaconf import DictConfig
 
-from segkit.tasks.export import export
+from segkit.config_checks import check_overrides, validate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    export(cfg)
+    from segkit.tasks.export import export  # Lightning, ONNX and the models load after the config checks
+
+    export(validate(cfg, "export"))
 
 
 if __name__ == "__main__":
+    check_overrides("export")  # a misspelled key fails here, before Hydra composes
     main()

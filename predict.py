@@ -1,15 +1,23 @@
 """Predict masks: `python predict.py ckpt_path=PATH input=FILE_OR_DIR output=DIR` (see conf/predict.yaml)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from segkit.tasks.predict import predict
+from segkit.config_checks import check_overrides, validate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    from segkit.tasks.predict import UnreadableInputs, predict  # Lightning and the models load after the checks
+
+    try:
+        predict(validate(cfg, "predict"))
+    except UnreadableInputs as err:  # every other mask is written; list the inputs that were not, exit 1
+        sys.exit(str(err))
 
 
 if __name__ == "__main__":
+    check_overrides("predict")  # a misspelled key fails here, before Hydra composes
     main()

@@ -3,15 +3,18 @@
 import hydra
 from omegaconf import DictConfig
 
-from segkit.resume import resumed_config
-from segkit.tasks.train import optimized_value, train
+from segkit.config_checks import check_overrides
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from segkit.resume import resumed_config  # torch and Lightning load after the config checks
+    from segkit.tasks.train import optimized_value, train
+
     cfg = resumed_config(cfg)  # `ckpt_path=last`: the interrupted run's own config
     return optimized_value(train(cfg), cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":
+    check_overrides("train")  # a misspelled key fails here, before Hydra composes
     main()

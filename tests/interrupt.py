@@ -1,4 +1,4 @@
-"""A callback that kills its own training process: a run interrupted as a crash or a pre-emption leaves it."""
+"""Callbacks that interrupt their own training process, as a crash, a pre-emption or a user would."""
 
 import os
 import signal
@@ -7,11 +7,13 @@ from lightning.pytorch import Callback
 
 
 class KillAtStep(Callback):
-    """SIGKILL (no clean-up, no last save) once `step` optimizer steps are done, in the middle of an epoch."""
+    """A signal to this process once `step` optimizer steps are done, in the middle of an epoch: SIGKILL (no
+    clean-up, no last save) by default, or SIGTERM / SIGINT (`signum=15`, `signum=2`), which the run handles."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, signum: int = signal.SIGKILL) -> None:
         self.step = step
+        self.signum = signum
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

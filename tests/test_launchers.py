@@ -169,16 +169,17 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(
 
     SignalAtStep.starts.clear()
     probe = f"+callbacks.probe._target_={__name__}.SignalAtStep"
+    trust = f"trusted_modules=[{__name__}]"
     run_dir = tmp_path / "run"
     quick = ["+trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]  # 1 epoch of 2 steps
-    first = tiny_train_cfg(*quick, probe, f"+callbacks.probe.signame={signame}", output_dir=run_dir)
+    first = tiny_train_cfg(*quick, probe, trust, f"+callbacks.probe.signame={signame}", output_dir=run_dir)
     train(first)
     # Lightning handled it: a full training state beside the run, and this array task requeued.
     assert (run_dir / "hpc_ckpt_1.ckpt").is_file()
     assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242_3"]
 
     # The requeued job: the same job again, same run directory, no ckpt_path; Lightning picks the hpc checkpoint.
-    second = tiny_train_cfg(*quick, probe, output_dir=run_dir)
+    second = tiny_train_cfg(*quick, probe, trust, output_dir=run_dir)
     train(second)
     assert SignalAtStep.starts == [0, 1]  # resumed at the step the signal came, not from scratch
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 2  # 1 restored + 1 more

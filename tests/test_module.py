@@ -30,7 +30,7 @@ def test_every_model_and_backbone_config_trains_a_batch(tiny_train_cfg, model, b
     before = [p.detach().clone() for p in module.net.parameters()]
     trainer = fit_one_batch(cfg, module, accelerator="cpu")
     assert trainer.global_step == 1
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
     assert any(not torch.equal(b, p) for b, p in zip(before, module.net.parameters()))
 
 
@@ -102,7 +102,7 @@ def test_checkpoint_loads_with_weights_only(tiny_train_cfg, tmp_path):
 
 def test_bf16_mixed_precision_on_cpu(tiny_train_cfg):
     trainer = fit_one_batch(tiny_train_cfg("loss=ce_dice"), accelerator="cpu", precision="bf16-mixed")
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
 
 
 @pytest.mark.gpu
@@ -110,7 +110,7 @@ def test_bf16_mixed_precision_on_cpu(tiny_train_cfg):
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_on_gpu(tiny_train_cfg, precision):
     trainer = fit_one_batch(tiny_train_cfg("loss=ce_dice"), accelerator="gpu", devices=1, precision=precision)
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
 
 
 def test_channels_last_and_compile_switches_keep_the_network_and_its_checkpoint_keys(tiny_train_cfg):

@@ -1,9 +1,10 @@
-"""Finding what to resume and where a run lives, without training (the end-to-end kill test is in test_train)."""
+"""Finding what to resume and where a run lives, without training (end-to-end kills: test_exact_resume)."""
 
 import os
 import time
 
 import pytest
+import torch
 import yaml
 
 from segkit import resume
@@ -19,28 +20,61 @@ def make_run(runs_dir, name, overrides=(), checkpoint=True):
     return run
 
 
-def test_last_is_the_newest_last_checkpoint_and_resumes_in_its_run(tmp_path):
-    old = make_run(tmp_path, "a")
-    new = make_run(tmp_path, "b")
-    make_run(tmp_path, "c", checkpoint=False)  # a run that died before its first checkpoint
-    past = time.time() - 60
-    os.utime(old / "checkpoints" / "last.ckpt", (past, past))
-    assert resume.find_checkpoint("last", tmp_path) == new / "checkpoints" / "last.ckpt"
+def started(run, seconds_ago):
+    """Back-date a run's start (Hydra writes .hydra/overrides.yaml once, when the run starts)."""
+    when = time.time() - seconds_ago
+    os.utime(run / ".hydra" / "overrides.yaml", (when, when))
+
+
+def test_last_is_the_newest_run_continued_in_its_own_directory(tmp_path):
+    old, new = make_run(tmp_path, "b-old"), make_run(tmp_path, "a-new")  # names do not decide, start times do
+    started(old, 60)
+    plan = resume.plan(tmp_path, "last")
+    assert plan == resume.ResumePlan(new / "checkpoints" / "last.ckpt", new.resolve()) and plan.in_place
     assert resume.run_dir(str(tmp_path), "last", "stamp") == str(new.resolve())
     assert resume.hydra_subdir(str(tmp_path), "last", "stamp") == ".hydra/resume-stamp"
-    # A checkpoint outside any run directory starts a new run.
+    # A run directory, or a checkpoint inside a run, names that run.
+    assert resume.plan(tmp_path, str(old)).run == old.resolve()
+    assert resume.plan(tmp_path, str(old / "checkpoints" / "last.ckpt")).run == old.resolve()
+    # A checkpoint outside any run starts a new run from its training state.
     loose = tmp_path / "loose.ckpt"
     loose.write_bytes(b"state")
-    assert resume.run_dir(str(tmp_path), str(loose), "stamp") == f"{tmp_path}/stamp"
-    assert resume.hydra_subdir(str(tmp_path), None, "stamp") == ".hydra"
+    assert resume.plan(tmp_path, str(loose)) == resume.ResumePlan(loose, None)
+    assert resume.run_dir(str(tmp_path), str(loose), "stamp2") == f"{tmp_path}/stamp2"
+    assert resume.hydra_subdir(str(tmp_path), None, "stamp3") == ".hydra"
+
+
+def test_last_never_falls_back_to_an_older_run(tmp_path):
+    older = make_run(tmp_path, "older")
+    started(older, 60)
+    make_run(tmp_path, "killed-early", checkpoint=False)  # died before its first checkpoint
+    with pytest.raises(resume.ResumeError, match=r"(?s)newest run, .*killed-early, has no checkpoint.*older"):
+        resume.plan(tmp_path, "last")
+    with pytest.raises(resume.ResumeError, match="killed-early"):  # in the resolver: before Hydra writes anything
+        resume.run_dir(str(tmp_path), "last", "stamp")
 
 
 def test_missing_checkpoints_are_named_with_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no run under .* has checkpoints/last.ckpt"):
-        resume.find_checkpoint("last", tmp_path)
-    with pytest.raises(FileNotFoundError, match="gone.ckpt: no such checkpoint"):
-        resume.find_checkpoint(str(tmp_path / "gone.ckpt"), tmp_path)
-    assert resume.run_dir(str(tmp_path), "last", "stamp") == f"{tmp_path}/stamp"  # the task reports it
+    with pytest.raises(resume.ResumeError, match="there is no run under"):
+        resume.plan(tmp_path, "last")
+    with pytest.raises(resume.ResumeError, match="gone.ckpt: no such checkpoint file. Fix"):
+        resume.plan(tmp_path, str(tmp_path / "gone.ckpt"))
+    with pytest.raises(resume.ResumeError, match="not a run directory"):
+        resume.plan(tmp_path, str(tmp_path))
+
+
+def test_a_finished_run_is_left_alone_unless_extended(tmp_path):
+    run = make_run(tmp_path, "done", ["trainer.max_epochs=4"])
+    torch.save({"epoch": 3, "global_step": 8}, run / "checkpoints" / "last.ckpt")
+    (run / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": 4, "max_steps": -1}}))
+    plan = resume.plan(tmp_path, "last")
+    resume.check_not_finished(plan, 4, -1)  # no metrics.json yet: killed after its last checkpoint, so resumable
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(resume.ResumeError, match=r"already finished \(4 epochs, 8 steps.*trainer.max_epochs=8"):
+        resume.check_not_finished(plan, *resume.limits(run, ["ckpt_path=last"]))
+    resume.check_not_finished(plan, *resume.limits(run, ["ckpt_path=last", "trainer.max_epochs=6"]))  # extends
+    with pytest.raises(resume.ResumeError, match="already finished"):
+        resume.check_not_finished(plan, 8, 8)  # a step budget spent
 
 
 def test_overrides_of_the_first_launch_then_each_resume_in_order(tmp_path):
@@ -86,9 +120,17 @@ def test_static_torchrun_names_the_directory_after_its_agent(monkeypatch):
     assert resume.hydra_subdir("/nowhere", None, "stamp") is None  # only rank 0 writes Hydra's record
 
 
-def test_a_requeued_job_resumes_from_the_newest_state_lightning_saved(tmp_path):
-    assert resume.requeued_checkpoint(tmp_path) is None
-    for n in (1, 2, 10):
-        (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"state")
-    (tmp_path / "hpc_ckpt_x.ckpt").write_bytes(b"not Lightning's")
-    assert resume.requeued_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_10.ckpt"  # by number, not by name
+def test_a_restarted_launch_continues_its_own_directory_from_its_newest_state(tmp_path, monkeypatch):
+    for key in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    assert resume.plan(tmp_path, None) == resume.ResumePlan()  # first start
+    run = make_run(tmp_path, "slurm-4242")
+    (run / "hpc_ckpt_3.ckpt").write_bytes(b"state")  # what Lightning saved before SLURM requeued the job
+    past = time.time() - 60
+    os.utime(run / "checkpoints" / "last.ckpt", (past, past))
+    assert resume.plan(tmp_path, None) == resume.ResumePlan(run / "hpc_ckpt_3.ckpt", run.resolve())
+    os.utime(run / "checkpoints" / "last.ckpt")  # a stop saved after it: the newest state wins
+    assert resume.plan(tmp_path, None).checkpoint == run / "checkpoints" / "last.ckpt"

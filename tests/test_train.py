@@ -129,7 +129,8 @@ def uninterrupted_learning_rates(total_steps: int) -> list[float]:
 
 def test_a_killed_run_resumes_in_place_with_nothing_lost(tmp_path):
     first = ["logger=wandb", "trainer.max_epochs=4", "test=false", "trainer.log_every_n_steps=1", *TINY_DATA]
-    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=5"]  # 2 steps an epoch
+    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=5",  # 2 steps an epoch
+            "trusted_modules=[interrupt]"]
     proc = run_script(str(ROOT / "train.py"), *first, *kill, cwd=tmp_path)
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL in the middle of the third epoch
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()

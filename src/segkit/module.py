@@ -6,16 +6,19 @@ checkpoint loads with `weights_only=True` and carries everything needed to rebui
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.trainer.states import TrainerFn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 
 from segkit.inference import Inference
 from segkit.metrics import class_ids, confusion_metric, named_scores, scores_from_confusion
+from segkit.trust import check_targets, safe_instantiate
+
+HPARAMS_SOURCE = "the SegmentationModule hyperparameters"
 
 
 class SegmentationModule(L.LightningModule):
@@ -26,11 +29,21 @@ class SegmentationModule(L.LightningModule):
         optimizer: dict,
         data: dict,
         scheduler: dict | None = None,
+        trusted_modules: Sequence[str] = (),
     ) -> None:
         """`data` is the data config: the one place that holds num_classes, class_names, palette and
-        ignore_index; it also lets evaluation rebuild the datamodule from the checkpoint alone."""
+        ignore_index; it also lets evaluation rebuild the datamodule from the checkpoint alone.
+
+        `trusted_modules` (the command's, see segkit.trust) is not a hyperparameter: a checkpoint never
+        carries what it may call."""
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(ignore=["trusted_modules"], logger=False)
+        self.trusted_modules = tuple(trusted_modules)
+        # Every config checked before the first call, the optimizer's and scheduler's included.
+        check_targets(
+            {"model": model, "loss": loss, "optimizer": optimizer, "scheduler": scheduler, "data": data},
+            source=HPARAMS_SOURCE, trusted=self.trusted_modules,
+        )
         self.num_classes = int(data["num_classes"])
         self.class_names = list(data["class_names"])
         self.ignore_index = data.get("ignore_index")
@@ -38,22 +51,44 @@ class SegmentationModule(L.LightningModule):
         # Speed switches of the model config, not arguments of the network.
         self.channels_last = bool(model.pop("channels_last", False))
         compile_net = bool(model.pop("compile", False))
-        self.net = instantiate(model)
+        self.net = safe_instantiate(model, source=HPARAMS_SOURCE, trusted=self.trusted_modules, key="model")
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         # Kept outside the module tree, so state_dict keys (and checkpoints) stay those of the plain network.
         self.__dict__["compiled_net"] = torch.compile(self.net) if compile_net else None
-        self.criterion = instantiate(loss)
+        self.criterion = safe_instantiate(loss, source=HPARAMS_SOURCE, trusted=self.trusted_modules, key="loss")
         self.train_confusion = confusion_metric(self.num_classes, self.ignore_index)
         self.val_confusion = confusion_metric(self.num_classes, self.ignore_index)
         self.test_confusion = confusion_metric(self.num_classes, self.ignore_index)
         self.val_miou_best = MaxMetric()
-        self.val_miou_best.persistent(True)  # a resumed run keeps its best score
+        # The training epoch's own sums travel in checkpoints: a run stopped mid-epoch and resumed reports the
+        # epoch's loss and scores over all its batches, and a resumed run keeps its best score.
+        self.train_loss_mean = MeanMetric(nan_strategy="disable")  # "disable": no check, no host sync per step
+        for metric in (self.val_miou_best, self.train_confusion, self.train_loss_mean):
+            metric.persistent(True)
         # How validation, test and predict turn images into predictions (evaluate.py and predict.py set it;
         # training validates with one plain forward pass). Not a hyperparameter: a checkpoint stays a model.
         self.inference = Inference()
         # The last summed confusion matrix of each split (rows ground truth), for detailed reports.
         self.last_confusion: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, trusted_modules: Sequence[str] = (), **kwargs: Any
+    ) -> "SegmentationModule":
+        """Lightning's loader would call what a checkpoint names (its `_instantiator` hook) and take
+        hyperparameters from anywhere; this one is `segkit.checkpoints.load_module`, which checks first."""
+        from segkit.checkpoints import load_module
+
+        unsupported = {k for k, v in kwargs.items() if not (k == "weights_only" and v) and not (k == "strict" and v)}
+        if unsupported:
+            raise TypeError(
+                f"SegmentationModule.load_from_checkpoint takes no {sorted(unsupported)}: a checkpoint is rebuilt "
+                "from its own hyperparameters only. Fix: call segkit.checkpoints.load_module(path) and change the "
+                "module afterwards."
+            )
+        module = load_module(checkpoint_path, trusted=trusted_modules)
+        return module.to(map_location) if map_location is not None else module
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -78,12 +113,13 @@ class SegmentationModule(L.LightningModule):
         else:  # windows or test-time augmentation: averaged probabilities, no training loss to compare
             preds = class_ids(self.inference(self, images))
         getattr(self, f"{split}_confusion").update(preds, masks)
-        if loss is not None:
-            on_step = split == "train"
-            self.log(
-                f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
-                sync_dist=not on_step, batch_size=images.shape[0],
-            )
+        if loss is None:
+            return loss, preds
+        if split == "train":
+            self.log("train/loss_step", loss, prog_bar=True)
+            self.train_loss_mean.update(loss.detach(), images.shape[0])
+        else:
+            self.log(f"{split}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
         return loss, preds
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -114,6 +150,8 @@ class SegmentationModule(L.LightningModule):
         return scores
 
     def on_train_epoch_end(self) -> None:
+        self.log("train/loss_epoch", self.train_loss_mean.compute(), sync_dist=True)  # summed over all processes
+        self.train_loss_mean.reset()
         self._log_epoch_scores("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -151,10 +189,13 @@ class SegmentationModule(L.LightningModule):
             checkpoint["current_model_state"] = checkpoint["state_dict"]
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
+        trust = {"source": HPARAMS_SOURCE, "trusted": self.trusted_modules}
+        optimizer = safe_instantiate(self.hparams.optimizer, key="optimizer", **trust)(
+            params=[p for p in self.parameters() if p.requires_grad]
+        )
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(
+        scheduler = safe_instantiate(self.hparams.scheduler, key="scheduler", **trust)(
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -8,78 +8,177 @@ composed from its own overrides, with its metrics history and W&B run id. Every 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 LAST = "last"
 HYDRA_SUBDIR = ".hydra"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
-def find_checkpoint(ckpt_path: str | None, runs_dir: str | Path) -> Path | None:
-    """The checkpoint `ckpt_path` names: `last` is the newest `checkpoints/last.ckpt` of the runs in `runs_dir`."""
-    if not ckpt_path:
-        return None
-    if str(ckpt_path) == LAST:
-        found = sorted(Path(runs_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(
-                f"ckpt_path=last: no run under {runs_dir} has checkpoints/last.ckpt. "
-                "Start a run first, or pass ckpt_path=<path to a .ckpt file>."
-            )
-        return found[-1]
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
-    return path
+class ResumeError(ValueError):
+    """`ckpt_path` names nothing to resume, or a run that already finished."""
 
 
-def requeued_checkpoint(run: Path) -> Path | None:
-    """The state Lightning saved in `run` before SLURM requeued the job (`hpc_ckpt_<N>.ckpt`, highest N)."""
-    numbers = {p: p.stem.removeprefix("hpc_ckpt_") for p in run.glob("hpc_ckpt_*.ckpt")}
-    saved = [(int(n), p) for p, n in numbers.items() if n.isdigit()]
-    return max(saved)[1] if saved else None
+@dataclass(frozen=True)
+class ResumePlan:
+    """What a training process starts from, decided once: the checkpoint whose training state it restores (None:
+    a fresh start) and the run it continues in place (None: a new run directory)."""
+
+    checkpoint: Path | None = None
+    run: Path | None = None
+
+    @property
+    def in_place(self) -> bool:
+        return self.run is not None
 
 
-def resumes_in_place(checkpoint: Path | None, run: Path) -> bool:
-    """Whether training from `checkpoint` continues the run in `run` (the checkpoint is one of its own)."""
-    return checkpoint is not None and Path(run).resolve() in checkpoint.resolve().parents
+def is_run(folder: Path) -> bool:
+    return (folder / HYDRA_SUBDIR / "overrides.yaml").is_file()
 
 
-def run_dir_of(checkpoint: Path | None) -> Path | None:
-    """The run that wrote `checkpoint` (`<run>/checkpoints/<file>`, with Hydra's record in `<run>/.hydra`)."""
-    if checkpoint is None:
-        return None
+def run_of(checkpoint: Path) -> Path | None:
+    """The run that wrote `checkpoint`: `<run>/checkpoints/<file>` (or a SLURM `<run>/hpc_ckpt_<N>.ckpt`)."""
     folder = checkpoint.resolve().parent
-    run = folder.parent
-    return run if folder.name == "checkpoints" and (run / HYDRA_SUBDIR / "overrides.yaml").is_file() else None
+    for run in (folder.parent, folder) if folder.name == "checkpoints" else (folder,):
+        if is_run(run):
+            return run
+    return None
 
 
-def resumed_run(runs_dir: str, ckpt_path: str | None) -> Path | None:
-    try:
-        return run_dir_of(find_checkpoint(ckpt_path, runs_dir))
-    except FileNotFoundError:
-        return None  # a new directory; the task reports the missing checkpoint with its fix
+def newest_state(run: Path) -> Path | None:
+    """The newest training state saved in `run`: `checkpoints/last.ckpt`, or the state Lightning saved before SLURM
+    requeued the job (`hpc_ckpt_<N>.ckpt`), whichever was written last."""
+    found = [p for p in [run / LAST_CHECKPOINT, *run.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def run_dir(runs_dir: str, ckpt_path: str | None, stamp: str) -> str:
-    """Resolver for `hydra.run.dir`: the resumed run's own directory, else a new one."""
-    resumed = resumed_run(runs_dir, ckpt_path)
-    return str(resumed) if resumed else f"{runs_dir}/{launch_name() or stamp}"
+def runs_newest_first(runs_dir: Path) -> list[Path]:
+    """Runs of `runs_dir` by when they started (Hydra writes a run's overrides.yaml once, at its start)."""
+    runs = [p for p in runs_dir.iterdir() if is_run(p)] if runs_dir.is_dir() else []
+    return sorted(runs, key=lambda p: (p / HYDRA_SUBDIR / "overrides.yaml").stat().st_mtime, reverse=True)
 
 
-def hydra_subdir(runs_dir: str, ckpt_path: str | None, stamp: str) -> str | None:
+def plan(runs_dir: str | Path, ckpt_path: str | None) -> ResumePlan:
+    """What `ckpt_path` means (see conf/train.yaml):
+    - null: a new run; except that a distributed launch restarted under the same name (a SLURM requeue, a torchrun
+      restart) continues its own directory from the newest state saved there;
+    - `last`: the newest run of `runs_dir`, continued in place from its `checkpoints/last.ckpt`; when that run has
+      none (it stopped before its first checkpoint), an error listing the runs that have one: never an older run
+      by surprise;
+    - a run directory: that run, continued from its last.ckpt;
+    - a checkpoint file inside a run: that run, continued in place from that file; elsewhere: a new run that
+      starts from the file's training state."""
+    runs_dir = Path(runs_dir)
+    if not ckpt_path:
+        launch = launch_name()
+        run = runs_dir / launch if launch else None
+        state = newest_state(run) if run is not None and is_run(run) else None
+        return ResumePlan(state, run.resolve()) if state else ResumePlan()
+    if str(ckpt_path) == LAST:
+        runs = runs_newest_first(runs_dir)
+        if not runs:
+            raise ResumeError(f"ckpt_path=last: there is no run under {runs_dir}. Fix: start one, or pass "
+                              "ckpt_path=<run directory or .ckpt file>.")
+        newest, state = runs[0], newest_state(runs[0])
+        if state is None:
+            others = [f"  {r}" for r in runs[1:] if (r / LAST_CHECKPOINT).is_file()][:5]
+            listed = ("\nRuns that have one, newest first:\n" + "\n".join(others)) if others else ""
+            raise ResumeError(
+                f"ckpt_path=last: the newest run, {newest}, has no checkpoint (it stopped before its first one was "
+                f"written), and no other run is resumed in its place.{listed}\nFix: pass ckpt_path=<one of these "
+                "runs> to continue it, or start afresh without ckpt_path."
+            )
+        return ResumePlan(state, newest.resolve())
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        state = newest_state(path) if is_run(path) else None
+        if state is None:
+            raise ResumeError(f"ckpt_path={ckpt_path}: not a run directory with {LAST_CHECKPOINT}. Fix: pass a run "
+                              f"directory (under {runs_dir}) or a .ckpt file.")
+        return ResumePlan(state, path.resolve())
+    if not path.is_file():
+        raise ResumeError(f"ckpt_path={ckpt_path}: no such checkpoint file. Fix: pass ckpt_path=last, a run "
+                          "directory, or an existing .ckpt file.")
+    return ResumePlan(path, run_of(path))
+
+
+def check_not_finished(resume: ResumePlan, max_epochs: int | None, max_steps: int | None) -> None:
+    """Resuming a run that finished (its metrics.json is written last) would train nothing and rewrite its
+    results: refuse, and say how to extend it instead."""
+    if not resume.in_place or not (resume.run / "metrics.json").is_file():
+        return
+    import torch  # here: the entry scripts' config checks run before torch loads
+
+    state = torch.load(resume.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    epochs_done, steps_done = int(state["epoch"]) + 1, int(state["global_step"])
+    by_epochs = max_epochs is not None and max_epochs >= 0 and epochs_done >= max_epochs
+    by_steps = max_steps is not None and max_steps > 0 and steps_done >= max_steps
+    if by_epochs or by_steps:
+        raise ResumeError(
+            f"The run {resume.run} already finished ({epochs_done} epochs, {steps_done} steps; see its metrics.json); "
+            f"resuming it would train nothing, so it is left as it is. Fix: to train it further, extend it, e.g. "
+            f"`python train.py ckpt_path={resume.run} trainer.max_epochs={epochs_done * 2}`; to score it, run "
+            f"evaluate.py on its checkpoints."
+        )
+
+
+def limits(run: Path, overrides: Sequence[str]) -> tuple[int | None, int | None]:
+    """(max_epochs, max_steps) a resume of `run` will have: this command's overrides, else the run's config."""
+    found: dict[str, int | None] = {}
+    config = run / "config.yaml"
+    if config.is_file():
+        trainer = (yaml.safe_load(config.read_text()) or {}).get("trainer") or {}
+        found = {k: trainer.get(k) for k in ("max_epochs", "max_steps")}
+    for override in overrides:
+        key, _, value = str(override).lstrip("+").partition("=")
+        if key in ("trainer.max_epochs", "trainer.max_steps"):
+            found[key.split(".")[1]] = None if value in ("null", "") else int(value)
+    return found.get("max_epochs"), found.get("max_steps")
+
+
+_PLANS: dict[Path, ResumePlan] = {}  # by run directory: Hydra's resolvers decide, the task reads
+
+
+def plan_of_run(output_dir: str | Path, runs_dir: str | Path, ckpt_path: str | None) -> ResumePlan:
+    """The plan the run-directory resolver made for `output_dir` in this process, or (a task called without
+    Hydra's run directory, as tests do) a fresh one."""
+    made = _PLANS.get(Path(output_dir).resolve())
+    return made if made is not None else plan(runs_dir, ckpt_path)
+
+
+@lru_cache(maxsize=16)
+def _job_plan(runs_dir: str, ckpt_path: str | None, stamp: str, overrides: tuple[str, ...]) -> tuple[ResumePlan, str]:
+    """The plan and run directory of one Hydra job (the stamp is the job's own), decided once."""
+    resume = plan(runs_dir, ckpt_path)
+    if resume.in_place:
+        check_not_finished(resume, *limits(resume.run, overrides))
+    directory = str(resume.run) if resume.in_place else f"{runs_dir}/{launch_name() or stamp}"
+    _PLANS[Path(directory).resolve()] = resume
+    return resume, directory
+
+
+def run_dir(runs_dir: str, ckpt_path: str | None, stamp: str, overrides: Sequence[str] = ()) -> str:
+    """Resolver for `hydra.run.dir`: the resumed run's own directory, else a new one. A refused resume fails here,
+    before Hydra writes anything."""
+    return _job_plan(runs_dir, ckpt_path, stamp, tuple(map(str, overrides)))[1]
+
+
+def hydra_subdir(runs_dir: str, ckpt_path: str | None, stamp: str, overrides: Sequence[str] = ()) -> str | None:
     """Resolver for `hydra.output_subdir`: a resume keeps the run's original record and adds its own beside it;
     only the first process of a distributed launch writes one."""
     if process_rank() > 0:
         return None
-    if resumed_run(runs_dir, ckpt_path):
-        return f"{HYDRA_SUBDIR}/resume-{stamp}"
-    return HYDRA_SUBDIR
+    resume, _ = _job_plan(runs_dir, ckpt_path, stamp, tuple(map(str, overrides)))
+    return f"{HYDRA_SUBDIR}/resume-{stamp}" if resume.in_place else HYDRA_SUBDIR
 
 
 def process_rank() -> int:
@@ -132,11 +231,15 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     command's overrides applied last (`python train.py ckpt_path=last` needs no repeat of the first command)."""
     hydra_cfg = HydraConfig.get()
     run = Path(hydra_cfg.runtime.output_dir).resolve()
-    if not resumes_in_place(find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir), run):
+    if not plan_of_run(run, cfg.paths.runs_dir, cfg.get("ckpt_path")).in_place:
         return cfg
     own_record = run / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
     overrides = recorded_overrides(run, skip=own_record) + list(hydra_cfg.overrides.task)
-    return compose(config_name=hydra_cfg.job.config_name, overrides=overrides)
+    resumed = compose(config_name=hydra_cfg.job.config_name, overrides=overrides)
+    # Trust is this command's to give (segkit.trust): a run directory's records never grant it.
+    with open_dict(resumed):
+        resumed.trusted_modules = cfg.get("trusted_modules") or []
+    return resumed
 
 
 def wandb_run_id(run: Path) -> str | None:

@@ -21,7 +21,7 @@ def save_index_png(path: Path, mask: np.ndarray, palette: Sequence[Sequence[int]
     flat = [c for colour in palette for c in colour]
     image.putpalette(flat + [0] * (768 - len(flat)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    image.save(path, format="PNG")  # not from the name: `...png` has no extension to Pillow
 
 
 class MaskWriter(L.Callback):
@@ -48,7 +48,7 @@ class MaskWriter(L.Callback):
                 picture = overlay(to_rgb(image), pred, self.palette, self.ignore_index)
                 path = self.overlays_dir / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(picture).save(path)
+                Image.fromarray(picture).save(path, format="PNG")
             self.written += 1
 
     def _on_batch_end(self, outputs: Any, batch: dict[str, Any]) -> None:

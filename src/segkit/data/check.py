@@ -1,10 +1,11 @@
 """Check a dataset before training on it:
 
-    python -m segkit.data.check data=folder data.root=/path/to/data [full=false] [class_weights=enet]
+    python -m segkit.data.check data=folder data.root=/path/to/data [test=false] [full=false] [class_weights=enet]
 
 Reads every file of every split (in data.num_workers workers) and prints counts, image sizes, class pixel
 frequencies and every problem with its file; writes report.json and class_weights.yaml to the run directory.
-Exits with status 1 when a problem would stop training.
+Exits with status 1 exactly when `train.py` with the same data config and `test` setting would stop: the verdict is
+the start-up guard's own (`FileDataModule.find_problems` over the splits `run_splits` says training loads).
 """
 
 from __future__ import annotations
@@ -20,29 +21,38 @@ from rich.console import Console
 from rich.table import Table
 
 from segkit import CONFIG_DIR
-from segkit.data.datamodule import SPLITS
+from segkit.config_checks import check_overrides, validate
+from segkit.data.datamodule import SPLITS, run_splits
 from segkit.data.filedata import FileDataModule
+from segkit.data.files import DataError
 from segkit.data.scan import Problem, SplitReport, suggest_class_weights
 from segkit.atomic import write_json
 
 
 def check_dataset(
-    datamodule: FileDataModule, splits: list[str] | tuple[str, ...] = SPLITS, full: bool = True
+    datamodule: FileDataModule, splits: list[str] | tuple[str, ...] = SPLITS, full: bool = True, *, test: bool
 ) -> tuple[dict[str, SplitReport], list[Problem]]:
-    """Every split's report and every problem; a split missing from the config is only an error for train."""
-    datamodule.check_root()
-    reports, problems = {}, []
-    for split in splits:
-        reports[split], found = datamodule.inspect_split(split, full, required=split == "train")
-        problems += found
-    return reports, problems
+    """Every split's report and every problem. Errors (`fatal`) are what would stop `train.py` with this `test`
+    setting: problems of the splits it loads (train, val, and test when `test`), which are always checked."""
+    try:
+        datamodule.check_root()
+    except DataError as err:
+        return {}, [Problem(str(datamodule.root), "no data folder", str(err))]
+    required = run_splits("fit", test)
+    checked = [split for split in SPLITS if split in splits or split in required]
+    return datamodule.find_problems(checked, required, full)
 
 
 def summary(
     datamodule: FileDataModule, reports: dict[str, SplitReport], problems: list[Problem], method: str | None
 ) -> dict[str, Any]:
     names = datamodule.class_names
-    out: dict[str, Any] = {"root": str(datamodule.root), "splits": {}, "problems": [vars(p) for p in problems]}
+    out: dict[str, Any] = {
+        "root": str(datamodule.root),
+        "splits": {},
+        "problems": [vars(p) for p in problems],
+        "errors": sum(p.fatal for p in problems),
+    }
     for split, report in reports.items():
         out["splits"][split] = {
             "samples": report.num_samples,
@@ -107,12 +117,19 @@ def print_report(datamodule: FileDataModule, reports: dict[str, SplitReport], pr
 
 
 def run_check(cfg: DictConfig) -> dict[str, Any]:
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(validate(cfg, "check_data").data)
     if not isinstance(datamodule, FileDataModule):
         raise SystemExit(f"data={type(datamodule).__name__} is not a dataset on disk: nothing to check.")
-    reports, problems = check_dataset(datamodule, list(cfg.splits), full=cfg.full)
+    test = bool(cfg.get("test", True))
+    reports, problems = check_dataset(datamodule, list(cfg.splits), full=cfg.full, test=test)
     out = summary(datamodule, reports, problems, cfg.get("class_weights"))
+    out["test"] = test
     print_report(datamodule, reports, problems, out)
+    loads = " + ".join(run_splits("fit", test))
+    if out["errors"]:
+        print(f"Verdict: train.py (test={str(test).lower()}, loading {loads}) would stop on {out['errors']} error(s).")
+    else:
+        print(f"Verdict: train.py (test={str(test).lower()}, loading {loads}) would accept this data.")
     output_dir = Path(cfg.paths.output_dir)
     write_json(output_dir / "report.json", out)
     if "class_weights" in out:
@@ -124,9 +141,10 @@ def run_check(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="check_data")
 def main(cfg: DictConfig) -> None:
     out = run_check(cfg)
-    if any(p["fatal"] for p in out["problems"]):
+    if out["errors"]:
         sys.exit(1)
 
 
 if __name__ == "__main__":
+    check_overrides("check_data")  # a misspelled key fails here, before Hydra composes
     main()

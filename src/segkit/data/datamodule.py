@@ -14,9 +14,20 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from segkit.data.dataset import collate
+from segkit.data.files import DataError
 from segkit.data.sampling import EpochSampler
 
 SPLITS = ("train", "val", "test")
+# The splits each Lightning stage loads.
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+def run_splits(stage: str | None, test: bool = False) -> tuple[str, ...]:
+    """The splits a run loads, so must find present and sound: the stage's, plus the test split for fitting when
+    train.py's `test: true` scores it afterwards. The data check and the start-up guard both ask this, so they
+    agree on which splits may stop a run."""
+    splits = STAGE_SPLITS.get(stage, SPLITS) if stage is not None else SPLITS
+    return splits + ("test",) if stage == "fit" and test and "test" not in splits else splits
 
 
 class SegDataModule(L.LightningDataModule):
@@ -54,6 +65,9 @@ class SegDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.crop_size = list(crop_size) if crop_size else None
         self.datasets: dict[str, Dataset] = {}
+        # Set by train.py from its `test` key: fitting then sets up (and verifies) the test split too, so a missing
+        # test split stops the run at start-up, not after training.
+        self.test_after_fit = False
         # Shuffling and augmentation follow this seed (the run's, from seed_everything); it travels in checkpoints.
         self.sampling_seed = int(os.environ.get("PL_GLOBAL_SEED", random.randrange(2**31)))
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches already trained) after a mid-epoch stop
@@ -62,24 +76,29 @@ class SegDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, SPLITS):
+        for split in run_splits(stage, self.test_after_fit):
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)
+
+    def empty_split_message(self, split: str) -> str:
+        """Why `split` has no sample and what to do; datasets on disk name their folder and what they searched."""
+        return (
+            f"The {split} split of {type(self).__name__} is empty. Fix: check the data config "
+            f"(python -m segkit.data.check shows what it finds), or run with test=false if there is no test split."
+        )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         if len(dataset) == 0:
-            raise ValueError(
-                f"The {split} split of {type(self).__name__} is empty. Fix: check the data config "
-                f"(python -m segkit.data.check shows what it finds), or run with test=false if there is no test split."
-            )
+            raise DataError(self.empty_split_message(split), kind="empty split")
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         sampler = None
         if shuffle:
             sampler = EpochSampler(len(dataset), self.sampling_seed)
             if self._resume_at is not None:
+                # Lightning sets the epoch only after the loader's first iterator exists, and workers fetch ahead.
                 epoch, batches = self._resume_at
+                sampler.set_epoch(epoch)
                 sampler.skip(epoch, batches * batch_size)
                 self._resume_at = None
         return DataLoader(
@@ -99,14 +118,14 @@ class SegDataModule(L.LightningDataModule):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampling seed, and how far the current epoch got: a checkpoint written mid-epoch (a stop) resumes
-        after the batches it had trained on."""
+        """The sampling seed and where training stands: the epoch that comes next, and, for a checkpoint written
+        mid-epoch (a stop), the batches of it already trained on."""
         state: dict[str, Any] = {"sampling_seed": self.sampling_seed}
         trainer = self.trainer
         if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
             done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            if 0 < done < trainer.num_training_batches:
-                state["resume_at"] = [trainer.current_epoch, done]
+            mid_epoch = 0 < done < trainer.num_training_batches
+            state["resume_at"] = [trainer.current_epoch, done] if mid_epoch else [trainer.current_epoch + 1, 0]
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

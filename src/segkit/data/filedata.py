@@ -7,6 +7,7 @@ Cityscapes are configs of it); `ListFileDataModule` reads list files of image/ma
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,7 +16,7 @@ import numpy as np
 from segkit.data.datamodule import SPLITS, SegDataModule
 from segkit.data.dataset import Sample, SegmentationFiles
 from segkit.data.encoding import MaskEncoding
-from segkit.data.files import IMAGE_SUFFIXES, DataError
+from segkit.data.files import IMAGE_SUFFIXES, DataError, broken_link
 from segkit.data.scan import Problem, SplitReport, class_warnings, scan_split
 from segkit.data.transforms import SeededPipeline, build_pipeline
 
@@ -99,31 +100,49 @@ class FileDataModule(SegDataModule):
     def inspect_split(
         self, split: str, full: bool, dataset: SegmentationFiles | None = None, required: bool = True
     ) -> tuple[SplitReport, list[Problem]]:
-        """Counts, sizes, class pixels and every problem of one split (read without augmentation)."""
+        """Counts, sizes, class pixels and every problem of one split (read without augmentation). A split the run
+        does not load (`required` false) cannot stop it: its problems are warnings."""
         dataset = dataset if dataset is not None else self.make_dataset(split, augment=False)
-        problems = list(self.problems.get(split, []))
-        if not dataset.samples and not problems:
-            problems.append(Problem(split, "empty split", self.empty_split_message(split), fatal=required))
+        problems = [replace(p) for p in self.problems.get(split, [])]  # copies: marked per call below
+        # An empty split stops a run (its loader has nothing to give), whatever else was found while listing it;
+        # a listing error (a missing list file) already says why.
+        if not dataset.samples and not any(p.fatal for p in problems):
+            problems.append(Problem(str(self.root), "empty split", self.empty_split_message(split)))
         report, found = scan_split(split, dataset, full=full, num_workers=self.num_workers)
         problems += found + class_warnings(report, self.class_names, self.ignore_index)
         for problem in problems:
             problem.split = split
+            if problem.fatal and not required:
+                problem.fatal = False
+                problem.message += f" (A warning only: the run does not load the {split} split.)"
         return report, problems
 
-    def verify_splits(self, splits: list[str], full: bool) -> None:
-        """Stops the run before any training step, listing every problem of every split."""
-        fatal = []
+    def find_problems(
+        self, splits: Sequence[str], required: Sequence[str], full: bool
+    ) -> tuple[dict[str, SplitReport], list[Problem]]:
+        """The one verdict the data check and the start-up guard share: every problem of `splits`, errors (`fatal`)
+        only in the `required` ones, the splits the run loads (`datamodule.run_splits`)."""
+        reports, problems = {}, []
         for split in splits:
-            _, problems = self.inspect_split(split, full, self.datasets[split])
-            for problem in problems:
-                if not problem.fatal:
-                    log.warning("data check, %s split: %s", split, problem)
-            fatal += [p for p in problems if p.fatal]
+            reports[split], found = self.inspect_split(split, full, self.datasets.get(split), split in required)
+            problems += found
+        return reports, problems
+
+    def verify_splits(self, splits: list[str], full: bool) -> None:
+        """Stops the run before any training step, listing every problem of every split it loads."""
+        _, problems = self.find_problems(splits, splits, full)
+        for problem in problems:
+            if not problem.fatal:
+                log.warning("data check, %s split: %s", problem.split, problem)
+        fatal = [p for p in problems if p.fatal]
         if fatal:
             raise DataError(format_problems(fatal))
 
     def empty_split_message(self, split: str) -> str:
-        return f"The {split} split has no samples. Fix: check data.root and the split settings."
+        return (
+            f"The {split} split is empty: nothing found for it under data.root={self.root}. Fix: check data.root and "
+            f"the split settings (python -m segkit.data.check lists what it finds)."
+        )
 
 
 def format_problems(problems: list[Problem]) -> str:
@@ -132,8 +151,8 @@ def format_problems(problems: list[Problem]) -> str:
     if len(problems) > MAX_PROBLEMS_SHOWN:
         lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
     lines.append(
-        "See every problem with `python -m segkit.data.check data=<name> data.root=<folder>`; fix or remove the "
-        "files named above (data.verify=off skips this check, at your own risk)."
+        "See every problem with `python -m segkit.data.check data=<name> data.root=<folder>` (with this run's "
+        "test=...); fix the settings or the files named above (data.verify=off skips this check, at your own risk)."
     )
     return "\n".join(lines)
 
@@ -150,11 +169,17 @@ def _strip_suffix(name: str, suffixes: tuple[str, ...]) -> str | None:
     return None
 
 
+def suffix_pattern(suffixes: Sequence[str]) -> str:
+    """`.png` or `{.png,.jpg}`: the suffixes as a shell pattern, for messages."""
+    return suffixes[0] if len(suffixes) == 1 else "{" + ",".join(suffixes) + "}"
+
+
 def list_keys(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """key (relative path without the suffix) -> file, for every file under `folder` with one of the suffixes."""
+    """key (relative path without the suffix) -> file, for every file under `folder` with one of the suffixes.
+    Broken links are listed too (callers report them as such): skipping them would make their pairs look orphaned."""
     keys = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
+        if (path.is_file() or broken_link(path)) and not path.name.startswith("."):
             key = _strip_suffix(path.relative_to(folder).as_posix(), suffixes)
             if key is not None:
                 keys[key] = path
@@ -209,6 +234,14 @@ class FolderDataModule(FileDataModule):
         name = str(self.splits.get(split, split))
         return tuple(self.root / (d.format(split=name) if "{split}" in d else f"{d}/{name}") for d in self.dirs)
 
+    def image_pattern(self, split: str) -> str:
+        """What is searched for the split's images, relative to data.root: `images/**/*{.png,.jpg}`, or
+        `JPEGImages/<key>.jpg` for keys from a list file."""
+        image_dir, _ = self._dirs(split)
+        relative = image_dir.relative_to(self.root).as_posix() if image_dir.is_relative_to(self.root) else image_dir
+        suffixes = suffix_pattern(self.image_suffixes)
+        return f"{relative}/<key>{suffixes}" if self.split_by == "lists" else f"{relative}/**/*{suffixes}"
+
     def find_samples(self, split: str) -> tuple[list[Sample], list[Problem]]:
         if split not in self.splits:
             return [], []
@@ -218,18 +251,29 @@ class FolderDataModule(FileDataModule):
             keys, problems = self._listed_images(split, image_dir)
         else:
             keys = list_keys(image_dir, self.image_suffixes) if image_dir.is_dir() else {}
-            masks = list_keys(mask_dir, (self.mask_suffix,)) if mask_dir.is_dir() else {}
-            problems += [
-                Problem(str(path), "mask without image", f"{path}: a mask with no image in {image_dir}.", fatal=False)
-                for key, path in masks.items()
-                if key not in keys
-            ]
+            # With ratio splits every split lists the same folders: their strays are reported once, in the first.
+            if self.split_by == "folders" or split == next(s for s in SPLITS if s in self.splits):
+                masks = list_keys(mask_dir, (self.mask_suffix,)) if mask_dir.is_dir() else {}
+                problems += [
+                    Problem(
+                        str(path),
+                        "mask without image",
+                        f"{path}: a mask with no image (no {self.image_pattern(split).replace('**/*', key)} under "
+                        f"data.root={self.root}).",
+                        fatal=False,
+                    )
+                    for key, path in masks.items()
+                    if key not in keys
+                ]
             if self.split_by == "ratio":
                 keys = _ratio_split(keys, self.splits, split, self.split_seed)
         samples = []
         for key, image in keys.items():
             mask = mask_dir / f"{key}{self.mask_suffix}"
-            if mask.is_file():
+            link = broken_link(image) or broken_link(mask)
+            if link is not None:
+                problems.append(Problem(str(image if broken_link(image) else mask), "broken link", link))
+            elif mask.is_file():
                 samples.append(Sample(image, mask, key))
             else:
                 problems.append(
@@ -245,17 +289,22 @@ class FolderDataModule(FileDataModule):
     def _listed_images(self, split: str, image_dir: Path) -> tuple[dict[str, Path], list[Problem]]:
         list_file = self.root / str(self.splits[split])
         if not list_file.is_file():
-            return {}, [Problem(str(list_file), "missing list", f"{list_file}: the {split} list file does not exist.")]
+            return {}, [missing_list(list_file, split, f"data.splits.{split}", self.root)]
         keys, problems = {}, []
         for key in _read_lines(list_file):
             key = key.split()[0]
-            found = next((image_dir / f"{key}{s}" for s in self.image_suffixes if (image_dir / f"{key}{s}").is_file()), None)
-            if found is None:
+            candidates = [image_dir / f"{key}{s}" for s in self.image_suffixes]
+            found = next((path for path in candidates if path.is_file()), None)
+            link = next((path for path in candidates if broken_link(path)), None)
+            if found is None and link is not None:
+                keys[key] = link  # reported as a broken link with its pair
+            elif found is None:
                 problems.append(
                     Problem(
                         str(list_file),
                         "missing image",
-                        f"{list_file}: lists {key!r} but no {image_dir / key}{{{','.join(self.image_suffixes)}}} exists.",
+                        f"{list_file}: lists {key!r} but no {image_dir / key}{suffix_pattern(self.image_suffixes)} "
+                        f"exists. Fix: check data.root, data.image_dir and data.image_suffix, or remove the line.",
                     )
                 )
             else:
@@ -263,13 +312,82 @@ class FolderDataModule(FileDataModule):
         return keys, problems
 
     def empty_split_message(self, split: str) -> str:
+        """Why the split found nothing, from the settings and the folders: the first of a missing split entry, a
+        missing image folder, no file matching the pattern, a fraction too small, or images without masks."""
+        where = f"data.root={self.root}"
         if split not in self.splits:
-            return f"data.splits has no {split} entry. Fix: add one (e.g. data.splits.{split}=...), or run with test=false."
-        image_dir, _ = self._dirs(split)
+            example = {"ratio": "0.1", "folders": split, "lists": f"ImageSets/{split}.txt"}[self.split_by]
+            return (
+                f"The {split} split is empty: data.splits has no {split} entry ({where}, data.split_by="
+                f"{self.split_by}, data.splits={_as_override(self.splits)}). "
+                f"Fix: add one, e.g. data.splits.{split}={example}"
+                + (", or run with test=false (train.py scores the test split after fitting when test=true)."
+                   if split == "test" else ".")
+            )
+        image_dir, mask_dir = self._dirs(split)
+        pattern = self.image_pattern(split)
+        if self.split_by == "lists":
+            list_file = self.root / str(self.splits[split])
+            if not list_file.is_file():
+                return missing_list(list_file, split, f"data.splits.{split}", self.root).message
+            return (
+                f"The {split} split is empty: its list {self.root / str(self.splits[split])} names no image "
+                f"(keys are looked up as {pattern} under {where}). Fix: list the split's image keys, one per line."
+            )
+        if not image_dir.is_dir():
+            fix = "data.image_dir" + (f" and data.splits.{split}" if self.split_by == "folders" else "")
+            return (
+                f"The {split} split is empty: the image folder {image_dir} does not exist (searched {pattern} under "
+                f"{where}, which holds {folder_listing(self.root)}). Fix: set {fix} to the folder of the images "
+                f"under data.root, or data.root to the dataset's folder."
+            )
+        images = {k: p for k, p in list_keys(image_dir, self.image_suffixes).items() if not broken_link(p)}
+        if not images:
+            other = next((p for p in image_dir.rglob("*") if p.is_file() and p.suffix), None)
+            example = f" (e.g. data.image_suffix={other.suffix})" if other is not None else ""
+            return (
+                f"The {split} split is empty: no file matches {pattern} under {where} ({image_dir} holds "
+                f"{folder_listing(image_dir)}). Fix: put the images there, or set data.image_dir / data.image_suffix "
+                f"to match the files{example}."
+            )
+        if self.split_by == "ratio" and not _ratio_split(images, self.splits, split, self.split_seed):
+            return (
+                f"The {split} split is empty: data.splits.{split}={self.splits[split]} of the {len(images)} image(s) "
+                f"matching {pattern} under {where} rounds to no image. Fix: raise data.splits.{split} (to at least "
+                f"{1 / len(images):.2g}), or add images."
+            )
         return (
-            f"No image ending in {self.image_suffixes} found under {image_dir} for the {split} split. "
-            f"Fix: check data.root, data.image_dir and data.image_suffix."
+            f"The {split} split is empty: none of the {len(images)} image(s) matching {pattern} under {where} has a "
+            f"mask {mask_dir}/<key>{self.mask_suffix}. Fix: check data.mask_dir and data.mask_suffix."
         )
+
+
+def folder_listing(folder: Path, limit: int = 5) -> str:
+    """What a folder holds, for a message that says what was found instead: `3 entries: a/, b.txt, c.webp`."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return "nothing readable"
+    if not entries:
+        return "nothing"
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries[:limit]]
+    more = f", ... ({len(entries) - limit} more)" if len(entries) > limit else ""
+    return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {', '.join(names)}{more}"
+
+
+def missing_list(list_file: Path, split: str, key: str, root: Path) -> Problem:
+    return Problem(
+        str(list_file),
+        "missing list",
+        f"{list_file}: the {split} list file does not exist ({key} is relative to data.root={root}, which holds "
+        f"{folder_listing(root)}). Fix: check data.root and {key}"
+        + (", or run with test=false if there is no test split." if split == "test" else "."),
+    )
+
+
+def _as_override(mapping: Mapping[str, Any]) -> str:
+    """`{train: 0.8, val: 0.2}`: a mapping as it is written on the command line."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -309,7 +427,7 @@ class ListFileDataModule(FileDataModule):
             return [], []
         list_file = self.root / self.lists[split]
         if not list_file.is_file():
-            return [], [Problem(str(list_file), "missing list", f"{list_file}: the {split} list file does not exist.")]
+            return [], [missing_list(list_file, split, f"data.lists.{split}", self.root)]
         samples, problems = [], []
         for number, line in enumerate(_read_lines(list_file), start=1):
             parts = line.split()
@@ -319,6 +437,11 @@ class ListFileDataModule(FileDataModule):
                 )
                 continue
             image, mask = (self._resolve(p) for p in parts)
+            links = [message for message in map(broken_link, (image, mask)) if message]
+            if links:
+                path = image if broken_link(image) else mask
+                problems.append(Problem(str(path), "broken link", f"{list_file}:{number}: {' '.join(links)}"))
+                continue
             missing = [p for p in (image, mask) if not p.is_file()]
             if missing:
                 problems.append(
@@ -336,5 +459,16 @@ class ListFileDataModule(FileDataModule):
 
     def empty_split_message(self, split: str) -> str:
         if split not in self.lists:
-            return f"data.lists has no {split} entry. Fix: add one, or run with test=false."
-        return f"The {split} list {self.root / self.lists[split]} has no entries."
+            return (
+                f"The {split} split is empty: data.lists has no {split} entry (data.root={self.root}, data.lists="
+                f"{_as_override(self.lists)}). Fix: add one, e.g. data.lists.{split}={split}.txt (a file of "
+                f"`image mask` lines relative to data.root)"
+                + (", or run with test=false (train.py scores the test split after fitting when test=true)."
+                   if split == "test" else ".")
+            )
+        if not (self.root / self.lists[split]).is_file():
+            return missing_list(self.root / self.lists[split], split, f"data.lists.{split}", self.root).message
+        return (
+            f"The {split} split is empty: its list {self.root / self.lists[split]} has no `image mask` line "
+            f"(data.root={self.root}). Fix: add the split's pairs, one `image_path mask_path` per line."
+        )

@@ -5,6 +5,7 @@ PNG, JPEG and BMP go through Pillow; TIFF through tifffile, which keeps 16-bit a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,27 @@ class DataError(ValueError):
         super().__init__(message)
         self.kind = kind
         self.path = str(path) if path is not None else None
+
+
+def broken_link(path: Path) -> str | None:
+    """The message for a symbolic link whose target is gone, else None. Such a link is no file (`is_file()` is
+    False), so without this it would pass for a file that was never there."""
+    path = Path(path)
+    if not path.is_symlink() or path.exists():
+        return None
+    target = Path(os.readlink(path))
+    target = target if target.is_absolute() else path.parent / target
+    return (
+        f"{path}: a broken link; its target {target} does not exist. Fix: restore the target (a moved or unmounted "
+        f"folder?), point the link at the file, or remove the link (and its pair)."
+    )
+
+
+def _not_found(path: Path) -> DataError:
+    message = broken_link(path)
+    if message is not None:
+        return DataError(message, kind="broken link", path=path)
+    return DataError(f"{path}: file not found.", kind="missing file", path=path)
 
 
 def _is_tiff(path: Path) -> bool:
@@ -52,7 +74,7 @@ def read_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.height, img.width
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found.", kind="missing file", path=path) from None
+        raise _not_found(path) from None
     except (OSError, UnidentifiedImageError, ValueError, tifffile.TiffFileError) as err:
         raise _unreadable(path, err) from err
 
@@ -67,7 +89,7 @@ def _decode(path: Path, pil_mode: str | None = None) -> np.ndarray:
                 img = img.convert(pil_mode)
             return np.array(img)  # a writable copy: torch tensors may share its memory
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found.", kind="missing file", path=path) from None
+        raise _not_found(path) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, tifffile.TiffFileError) as err:
         raise _unreadable(path, err) from err
 

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from segkit.checkpoints import load_module
 from segkit.inference import build_inference
 from segkit.module import SegmentationModule
 from segkit.report import build_report, print_report, write_report_files
 from segkit.atomic import write_json
 from segkit.tasks.common import build_trainer, finish_wandb, plain, split_metrics
+from segkit.trust import safe_instantiate
 from segkit.visualize import PredictionTable
 from segkit.writers import MaskWriter
 
 SPLITS = ("val", "test")
-
-
-def load_module(ckpt_path: str | Path) -> SegmentationModule:
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Checkpoint '{path}' does not exist. Fix: pass ckpt_path=<run dir>/checkpoints/last.ckpt "
-            "(or a best-*.ckpt) of a finished training run."
-        )
-    return SegmentationModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
 
 
 def checkpoint_data(cfg: DictConfig, module: SegmentationModule) -> DictConfig:
@@ -38,10 +29,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     split = cfg.split
     if split not in SPLITS:
         raise ValueError(f"split='{split}' is not one of {SPLITS}.")
-    module = load_module(cfg.ckpt_path)
+    trusted = cfg.get("trusted_modules") or ()
+    module = load_module(cfg.ckpt_path, trusted=trusted)
     data_cfg = checkpoint_data(cfg, module)
     module.inference = build_inference(plain(cfg.inference), plain(data_cfg))
-    datamodule = instantiate(data_cfg)
+    source = "the data config of this command" if cfg.get("data") else f"checkpoint {cfg.ckpt_path}"
+    datamodule = safe_instantiate(data_cfg, source=source, trusted=trusted, key="data")
     output_dir = Path(cfg.paths.output_dir)
     callbacks = []
     if cfg.get("save_predictions"):

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segkit.atomic import write_json
-from segkit.tasks.evaluate import load_module
+from segkit.checkpoints import load_module
 
 FORMATS = ("onnx", "torch_export")
 
@@ -87,7 +87,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     unknown = set(cfg.formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"formats {sorted(unknown)} unknown; use {list(FORMATS)}.")
-    module = load_module(cfg.ckpt_path)
+    module = load_module(cfg.ckpt_path, trusted=cfg.get("trusted_modules") or ())
     net = module.net.eval()
     data = module.hparams.data
     in_channels = int(data["in_channels"])

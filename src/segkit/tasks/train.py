@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -10,19 +12,20 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segkit.loggers import CSVLogger
+from segkit.config_checks import validate
+from segkit.atomic import atomic_write_text, remove_leftovers, write_json
+from segkit.loggers import CSVLogger, read_rows
 from segkit.module import SegmentationModule
-from segkit.resume import find_checkpoint, requeued_checkpoint, resumes_in_place, wandb_run_id
-from segkit.atomic import write_json
-from segkit.tasks.common import (
-    build_trainer,
-    finish_wandb,
-    float_metrics,
-    plain,
-    print_table,
-    split_metrics,
+from segkit.random_state import RandomStates
+from segkit.resume import LAST_CHECKPOINT, ResumePlan, check_not_finished, plan_of_run, wandb_run_id
+from segkit.stop import RunStopped, StopAndSave
+from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, print_table, split_metrics
+from segkit.trust import check_targets
 
-)
+log = logging.getLogger(__name__)
+
+
+TRAIN_SOURCE = "the train config (conf/, the command line and, when resuming in place, the run's recorded overrides)"
 
 
 def build_module(cfg: DictConfig) -> SegmentationModule:
@@ -32,26 +35,32 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")),
         data=plain(cfg.data),
+        trusted_modules=trusted_modules(cfg),
     )
 
 
+def trusted_modules(cfg: DictConfig) -> tuple[str, ...]:
+    return tuple(cfg.get("trusted_modules") or ())
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
+    validate(cfg, "train")  # values and targets checked before anything is written, read or called
+    check_targets(cfg, source=TRAIN_SOURCE, trusted=trusted_modules(cfg))
+    output_dir = Path(cfg.paths.output_dir)
+    resume = plan_of_run(output_dir, cfg.paths.runs_dir, cfg.get("ckpt_path"))
+    check_not_finished(resume, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps"))
     if cfg.get("seed") is not None:  # seed 0 is a seed
         L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-
-    checkpoint = find_checkpoint(cfg.get("ckpt_path"), cfg.paths.runs_dir) or requeued_checkpoint(output_dir)
-    in_place = resumes_in_place(checkpoint, output_dir)
-    if in_place:
-        resumed_step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-        continue_logs(cfg, output_dir, resumed_step)
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    resumed_step = prepare_resume(cfg, output_dir, resume) if resume.in_place else None
 
     datamodule = instantiate(cfg.data)
+    datamodule.test_after_fit = bool(cfg.get("test"))  # a missing test split stops the run now, not after fitting
     module = build_module(cfg)
-    trainer = build_trainer(cfg)
-    if in_place:
+    # Part of what a run promises, not options: exact resume and a checkpoint on SIGTERM / Ctrl-C.
+    trainer = build_trainer(cfg, [RandomStates(), StopAndSave(output_dir / LAST_CHECKPOINT)])
+    if resumed_step is not None:
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
                 logger.forget_from(resumed_step)
@@ -61,9 +70,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
-        metrics = float_metrics(trainer.callback_metrics)
-        metrics["time/fit_s"] = time.perf_counter() - start
+        try:
+            with warnings.catch_warnings():  # it is: the datamodule's state puts it where the stop left it
+                warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint, weights_only=True)
+        except RunStopped as stop:
+            if trainer.is_global_zero:
+                print(f"{stop} Resume with: python train.py ckpt_path={output_dir}")
+            raise SystemExit(stop.exit_code) from None
+        fit_s = time.perf_counter() - start
+        metrics = {**history_metrics(trainer), **float_metrics(trainer.callback_metrics), "time/fit_s": fit_s}
         best_path, last_path = checkpoint_paths(trainer)
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
@@ -74,8 +90,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "last_checkpoint": last_path,
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
+            "resumed_from": str(resume.checkpoint) if resume.checkpoint else None,
         }
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # written last: its presence means the run finished
             write_json(output_dir / "metrics.json", summary)
         if trainer.world_size > 1:  # every rank's own view, to check that they agree
             write_json(output_dir / "ranks" / f"metrics.rank{trainer.global_rank}.json", summary)
@@ -87,9 +104,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def continue_logs(cfg: DictConfig, run: Path, resumed_step: int) -> None:
-    """A run resumed in place logs to its own W&B run (the id W&B recorded in the run directory), and TensorBoard
-    hides what the interrupted process logged after the checkpoint (`purge_step`)."""
+def prepare_resume(cfg: DictConfig, run: Path, resume: ResumePlan) -> int:
+    """Continuing a run in place: temporary files a killed save left are removed, the run logs to its own W&B run
+    (the id W&B recorded in the run directory), and TensorBoard hides what the interrupted process logged after
+    the checkpoint (`purge_step`). Returns the checkpoint's step."""
+    for leftover in remove_leftovers(run / LAST_CHECKPOINT.parent):
+        log.info("Removed %s, left by a process killed while saving.", leftover)
+    resumed_step = int(torch.load(resume.checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     loggers = cfg.get("logger") or {}
     wandb_cfg, tensorboard_cfg = loggers.get("wandb"), loggers.get("tensorboard")
     run_id = wandb_run_id(run)
@@ -99,6 +120,20 @@ def continue_logs(cfg: DictConfig, run: Path, resumed_step: int) -> None:
     if tensorboard_cfg is not None:
         with open_dict(tensorboard_cfg):
             tensorboard_cfg.purge_step = resumed_step
+    return resumed_step
+
+
+def history_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The last value of every metric in the run's metrics.csv: a resumed run's summary covers the whole run, not
+    only what its own process logged."""
+    csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+    path = Path(csv_logger.log_dir) / "metrics.csv" if csv_logger is not None else None
+    if path is None or not path.is_file():
+        return {}
+    last: dict[str, float] = {}
+    for row in read_rows(str(path))[1]:
+        last.update({k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("epoch", "step")})
+    return last
 
 
 def checkpoint_paths(trainer: L.Trainer) -> tuple[str, str]:
