@@ -17,3 +17,15 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class KillAtEpochEnd(Callback):
+    """SIGKILL at the end of epoch `epoch`, after its validation wrote its checkpoints and before the epoch's
+    training scores were logged: the boundary case of a resume."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, *args) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)

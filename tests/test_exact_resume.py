@@ -1,0 +1,131 @@
+"""A run interrupted at any moment after its first checkpoint and resumed ends with the metrics history of the
+uninterrupted run, bit for bit (CPU, fp32): SIGTERM and Ctrl-C save mid-epoch and stop, SIGKILL loses only what
+came after the last checkpoint. `ckpt_path=last` never touches another run, and a finished run is left alone."""
+
+import hashlib
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, compose_config, run_script
+from fake_data import THREE_CLASSES, blocks, image_for, save
+from segkit.stop import StopAndSave
+from segkit.tasks.train import train
+
+pytestmark = pytest.mark.slow
+
+STEPS_PER_EPOCH = 4  # 16 training images in batches of 4
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """20 image/mask pairs on disk: augmentation and two workers, where a resume has the most to get wrong."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        mask = blocks(rng, size=(40, 52))
+        save(root / "images" / f"{i}.png", image_for(mask, rng))
+        save(root / "masks" / f"{i}.png", mask)
+    return root
+
+
+def overrides(root: Path) -> list[str]:
+    """FCN (its dropout draws from the random state) on augmented crops read by two workers, 2 epochs."""
+    return [
+        "data=folder", f"data.root={root}", *THREE_CLASSES, "data.splits={train:0.8,val:0.2}", "data.crop_size=32",
+        "data.batch_size=4", "data.eval_batch_size=4", "data.num_workers=2", "model=fcn", "logger=csv",
+        "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "test=false", "trainer.accelerator=cpu",
+        "trusted_modules=[interrupt]",
+    ]
+
+
+def metrics_csv(run: Path) -> str:
+    return (run / "csv" / "metrics.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("uninterrupted")
+    train(compose_config("train", overrides(dataset), run))
+    return metrics_csv(run)
+
+
+def as_run(folder: Path, lines: list[str]) -> Path:
+    """What Hydra records at a run's start, which makes a folder a run that `ckpt_path=<folder>` continues."""
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(lines))
+    return folder
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_saves_mid_epoch_and_resumes_exactly(dataset, uninterrupted, tmp_path, signum):
+    run = as_run(tmp_path / "run", overrides(dataset))
+    stop_at = STEPS_PER_EPOCH + 2  # in the middle of the second epoch
+    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", f"+callbacks.interrupt.step={stop_at}",
+            f"+callbacks.interrupt.signum={int(signum)}"]
+    with pytest.raises(SystemExit) as stopped:
+        train(compose_config("train", overrides(dataset) + kill, run))
+    assert stopped.value.code == 128 + signum  # what a shell shows for a process ended by the signal
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (1, stop_at)
+    assert not (run / "metrics.json").exists()  # an unfinished run does not look finished
+    for handler in map(signal.getsignal, (signal.SIGTERM, signal.SIGINT)):  # the handlers are given back
+        assert not isinstance(getattr(handler, "__self__", None), StopAndSave)
+
+    metrics = train(compose_config("train", overrides(dataset) + [f"ckpt_path={run}"], run))
+    assert metrics_csv(run) == uninterrupted
+    assert metrics["train/loss_epoch"] > 0 and "val/mIoU" in metrics
+
+
+def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninterrupted, tmp_path):
+    kill = ["+callbacks.interrupt._target_=interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=0"]
+    proc = run_script(str(ROOT / "train.py"), *overrides(dataset), *kill, cwd=tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    (run / "checkpoints" / ".last.ckpt.tmp-12345").write_bytes(b"half a checkpoint")  # a save that was cut short
+
+    proc = run_script(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert metrics_csv(run) == uninterrupted
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")) == []  # cleaned up
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_last_after_an_early_kill_and_a_finished_run_touch_no_run(tmp_path):
+    tiny = ["logger=csv", "test=false", "trainer.max_epochs=1", "data.num_train=8", "data.num_val=4",
+            "data.image_size=[32,32]", "data.batch_size=4", "trusted_modules=[interrupt]"]
+    proc = run_script(str(ROOT / "train.py"), "model=fcn", *tiny, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (finished,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=1"]
+    proc = run_script(str(ROOT / "train.py"), *tiny, *kill, cwd=tmp_path)
+    assert proc.returncode == -signal.SIGKILL  # before its first checkpoint
+    runs = set((tmp_path / "logs" / "train" / "runs").iterdir())
+    before = {run: tree_digest(run) for run in runs}
+
+    # `last` is the newest run, which has nothing to resume: it says so, and resumes nothing else.
+    proc = run_script(str(ROOT / "train.py"), "ckpt_path=last", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "has no checkpoint" in proc.stderr and str(finished) in proc.stderr, proc.stderr[-3000:]
+    # The finished run is not resumed: it would train nothing and rewrite its results.
+    proc = run_script(str(ROOT / "train.py"), f"ckpt_path={finished}", cwd=tmp_path)
+    assert proc.returncode == 1 and "already finished" in proc.stderr and "trainer.max_epochs=2" in proc.stderr
+    assert set((tmp_path / "logs" / "train" / "runs").iterdir()) == runs  # no new run directory either
+    assert {run: tree_digest(run) for run in runs} == before
+
+    # Extended, it goes on in place; its summary covers the whole run, not only the second process's epoch.
+    proc = run_script(str(ROOT / "train.py"), f"ckpt_path={finished}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = yaml.safe_load((finished / "metrics.json").read_text())
+    assert summary["epochs"] == 2 and summary["resumed_from"].endswith("last.ckpt")
+    rows = (finished / "csv" / "metrics.csv").read_text().splitlines()
+    assert len([r for r in rows if r.startswith("0,")]) and len([r for r in rows if r.startswith("1,")])
+    assert "train/loss_epoch" in summary["metrics"] and "val/mIoU_best" in summary["metrics"]
