@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.config_checks import validate
@@ -78,6 +80,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if trainer.is_global_zero:
                 print(f"{stop} Resume with: python train.py ckpt_path={output_dir}")
             raise SystemExit(stop.exit_code) from None
+        except SIGTERMException:  # Lightning's own stop, before training started: nothing to save
+            raise SystemExit(128 + signal.SIGTERM) from None
         fit_s = time.perf_counter() - start
         metrics = {**history_metrics(trainer), **float_metrics(trainer.callback_metrics), "time/fit_s": fit_s}
         best_path, last_path = checkpoint_paths(trainer)
