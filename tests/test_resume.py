@@ -134,3 +134,14 @@ def test_a_restarted_launch_continues_its_own_directory_from_its_newest_state(tm
     assert resume.plan(tmp_path, None) == resume.ResumePlan(run / "hpc_ckpt_3.ckpt", run.resolve())
     os.utime(run / "checkpoints" / "last.ckpt")  # a stop saved after it: the newest state wins
     assert resume.plan(tmp_path, None).checkpoint == run / "checkpoints" / "last.ckpt"
+
+
+def test_a_corrupt_checkpoint_is_named_before_anything_is_written(tiny_train_cfg, tmp_path):
+    from segkit.checkpoints import CheckpointError
+    from segkit.tasks.train import train
+
+    bad = tmp_path / "cut.ckpt"
+    bad.write_bytes(b"PK\x03\x04 the first bytes of a checkpoint, cut short")
+    with pytest.raises(CheckpointError, match=r"cut.ckpt\" cannot be read.*truncated"):
+        train(tiny_train_cfg(f"ckpt_path={bad}", output_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -19,7 +18,8 @@ from segkit.atomic import atomic_write_text, remove_leftovers, write_json
 from segkit.loggers import CSVLogger, read_rows
 from segkit.module import SegmentationModule
 from segkit.random_state import RandomStates
-from segkit.resume import LAST_CHECKPOINT, ResumePlan, check_not_finished, plan_of_run, wandb_run_id
+from segkit.checkpoints import read_checkpoint
+from segkit.resume import LAST_CHECKPOINT, check_not_finished, plan_of_run, wandb_run_id
 from segkit.stop import RunStopped, StopAndSave
 from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, print_table, split_metrics
 from segkit.trust import check_targets
@@ -50,12 +50,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_targets(cfg, source=TRAIN_SOURCE, trusted=trusted_modules(cfg))
     output_dir = Path(cfg.paths.output_dir)
     resume = plan_of_run(output_dir, cfg.paths.runs_dir, cfg.get("ckpt_path"))
+    saved = read_checkpoint(resume.checkpoint) if resume.checkpoint else None  # a corrupt file is named now
     check_not_finished(resume, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps"))
     if cfg.get("seed") is not None:  # seed 0 is a seed
         L.seed_everything(cfg.seed, workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    resumed_step = prepare_resume(cfg, output_dir, resume) if resume.in_place else None
+    resumed_step = prepare_resume(cfg, output_dir, int(saved["global_step"])) if resume.in_place else None
 
     datamodule = instantiate(cfg.data)
     datamodule.test_after_fit = bool(cfg.get("test"))  # a missing test split stops the run now, not after fitting
@@ -108,13 +109,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def prepare_resume(cfg: DictConfig, run: Path, resume: ResumePlan) -> int:
-    """Continuing a run in place: temporary files a killed save left are removed, the run logs to its own W&B run
-    (the id W&B recorded in the run directory), and TensorBoard hides what the interrupted process logged after
-    the checkpoint (`purge_step`). Returns the checkpoint's step."""
+def prepare_resume(cfg: DictConfig, run: Path, resumed_step: int) -> int:
+    """Continuing a run in place from the checkpoint of `resumed_step`: temporary files a killed save left are
+    removed, the run logs to its own W&B run (the id W&B recorded in the run directory), and TensorBoard hides
+    what the interrupted process logged after the checkpoint (`purge_step`)."""
     for leftover in remove_leftovers(run / LAST_CHECKPOINT.parent):
         log.info("Removed %s, left by a process killed while saving.", leftover)
-    resumed_step = int(torch.load(resume.checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     loggers = cfg.get("logger") or {}
     wandb_cfg, tensorboard_cfg = loggers.get("wandb"), loggers.get("tensorboard")
     run_id = wandb_run_id(run)
