@@ -1,7 +1,7 @@
 """Soak test of exact resume: kill a small training run N times at random moments, resume it each time, and compare
 its whole metrics history with an uninterrupted run's.
 
-    python tests/soak.py [--kills 10] [--seed 0] [--workdir DIR] [--epochs 10]
+    python tests/soak.py [--kills 10] [--seed 0] [--workdir DIR] [--epochs 20]
 
 Each attempt starts `train.py` (the first one afresh, later ones with `ckpt_path=last`) and, after a random delay,
 sends SIGKILL or SIGTERM; one attempt in three waits instead for a checkpoint save to be under way (a temporary
@@ -89,7 +89,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -120,7 +120,7 @@ def main() -> int:
             if rng.random() < 1 / 3:
                 moment = "during a save" if wait_for_save(proc, victim, duration) else "at the end"
             else:
-                delay = rng.uniform(0.15, 0.6) * duration
+                delay = rng.uniform(0.1, 0.45) * duration
                 moment = f"after {delay:.1f} s"
                 try:
                     proc.wait(timeout=delay)

@@ -220,16 +220,22 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
     assert (sweep_dir / "summary.md").read_text().count("\n| ") == 3 and (sweep_dir / "summary.png").is_file()
 
 
-def test_two_process_ddp_on_cpu_agrees_across_ranks_and_with_one_process(tmp_path):
+def test_two_process_ddp_on_cpu_stops_together_resumes_and_agrees_across_ranks_and_with_one_process(tmp_path):
+    sigterm = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=1",
+               "+callbacks.interrupt.signum=15", "trusted_modules=[interrupt]"]  # mid-epoch: 2 steps an epoch
     proc = run_script(
         # trainer=ddp as on a GPU machine, less what needs GPUs (SyncBatchNorm refuses CPU tensors).
         str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.sync_batchnorm=false", "trainer.precision=32-true",
-        "trainer.max_epochs=1", "logger=wandb", "test=false", "data.num_workers=0", *TINY_DATA, cwd=tmp_path,
+        "trainer.sync_batchnorm=false", "trainer.precision=32-true", *sigterm, "trainer.max_epochs=1",
+        "logger=wandb", "test=false", *TINY_DATA, "data.num_train=16", cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 128 + 15, proc.stderr[-3000:]  # every process stopped; the first one saved
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one run directory for both processes
-    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, rank 0's
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    proc = run_script(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))  # rank 0's only, one per launch, one run id
+    assert len(wandb_runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in wandb_runs}) == 1
     ranks = [json.loads((run_dir / "ranks" / f"metrics.rank{r}.json").read_text())["metrics"] for r in (0, 1)]
     val = {k: v for k, v in ranks[0].items() if k.startswith("val/")}
     assert val and val == {k: v for k, v in ranks[1].items() if k.startswith("val/")}  # synced, identical

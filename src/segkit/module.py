@@ -21,6 +21,11 @@ from segkit.trust import check_targets, safe_instantiate
 HPARAMS_SOURCE = "the SegmentationModule hyperparameters"
 
 
+# Metrics whose state is the training epoch's running sums: kept in checkpoints for a mid-epoch resume.
+EPOCH_SUMS = ("train_confusion", "train_loss_mean")
+EPOCH_SUMS_KEY = "segkit_epoch_sums_per_process"
+
+
 class SegmentationModule(L.LightningModule):
     def __init__(
         self,
@@ -64,8 +69,8 @@ class SegmentationModule(L.LightningModule):
         # The training epoch's own sums travel in checkpoints: a run stopped mid-epoch and resumed reports the
         # epoch's loss and scores over all its batches, and a resumed run keeps its best score.
         self.train_loss_mean = MeanMetric(nan_strategy="disable")  # "disable": no check, no host sync per step
-        for metric in (self.val_miou_best, self.train_confusion, self.train_loss_mean):
-            metric.persistent(True)
+        for name in ("val_miou_best", *EPOCH_SUMS):
+            getattr(self, name).persistent(True)
         # How validation, test and predict turn images into predictions (evaluate.py and predict.py set it;
         # training validates with one plain forward pass). Not a hyperparameter: a checkpoint stays a model.
         self.inference = Inference()
@@ -171,13 +176,29 @@ class SegmentationModule(L.LightningModule):
         """Only parameters and buffers are averaged: the averaged copy's metric states (`val_miou_best`) are those
         of the start of training, so the checkpoint keeps the run's own."""
         current = checkpoint.get("current_model_state")
-        if current is None:
-            return
-        averaged = {name for name, _ in self.named_parameters()} | {name for name, _ in self.named_buffers()}
-        state = checkpoint["state_dict"]
-        for key in state:
-            if key not in averaged and key in current:
-                state[key] = current[key]
+        if current is not None:
+            averaged = {name for name, _ in self.named_parameters()} | {name for name, _ in self.named_buffers()}
+            state = checkpoint["state_dict"]
+            for key in state:
+                if key not in averaged and key in current:
+                    state[key] = current[key]
+        self._store_epoch_sums(checkpoint)
+
+    def _epoch_sum_states(self) -> dict[str, torch.Tensor]:
+        """The training epoch's running sums (all reduced by summing across processes), by state_dict key."""
+        return {
+            f"{name}.{state}": getattr(getattr(self, name), state)
+            for name in EPOCH_SUMS
+            for state in getattr(self, name)._defaults
+        }
+
+    def _store_epoch_sums(self, checkpoint: dict[str, Any]) -> None:
+        """Under DDP each process holds its own part of the epoch's sums, and the checkpoint is the first
+        process's: it stores every process's part (all of them take part in a save), and each takes its own back."""
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            gathered = {key: trainer.strategy.all_gather(value) for key, value in self._epoch_sum_states().items()}
+            checkpoint[EPOCH_SUMS_KEY] = {key: value.cpu() for key, value in gathered.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Outside fit (train.py testing the best checkpoint after training), the callback would put the trained
@@ -187,6 +208,12 @@ class SegmentationModule(L.LightningModule):
         fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
         if "current_model_state" in checkpoint and not fitting:
             checkpoint["current_model_state"] = checkpoint["state_dict"]
+        per_process = checkpoint.get(EPOCH_SUMS_KEY)  # see _store_epoch_sums
+        if trainer is not None and per_process and len(next(iter(per_process.values()))) == trainer.world_size:
+            for key, values in per_process.items():
+                for state in (checkpoint["state_dict"], checkpoint.get("current_model_state") or {}):
+                    if key in state:
+                        state[key] = values[trainer.global_rank]
 
     def configure_optimizers(self) -> Any:
         trust = {"source": HPARAMS_SOURCE, "trusted": self.trusted_modules}
