@@ -3,9 +3,10 @@ its whole metrics history with an uninterrupted run's.
 
     python tests/soak.py [--kills 10] [--seed 0] [--workdir DIR] [--epochs 20]
 
-Each attempt starts `train.py` (the first one afresh, later ones with `ckpt_path=last`) and, after a random delay,
-sends SIGKILL or SIGTERM; one attempt in three waits instead for a checkpoint save to be under way (a temporary
-checkpoint file appears) and kills it then. Kills land during start-up, training, validation and saves alike.
+Each attempt starts `train.py` (the first one afresh, later ones with `ckpt_path=last`) and sends SIGKILL or
+SIGTERM at a random moment: during start-up (one attempt in six), while a checkpoint is being written (a
+temporary checkpoint file exists; one in three), or a random number of logged rows (steps, validations) later
+plus a random fraction of a second (mid-step, validation or a save).
 After N kills the run is resumed until it finishes. The data: 20 PNG pairs written to the work folder; the model:
 FCN (dropout) on augmented crops read by two workers, so that every source of randomness is exercised.
 Prints one row per attempt and the verdict; exits 1 when the histories differ.
@@ -81,6 +82,26 @@ def wait_for_save(proc: subprocess.Popen, workdir: Path, timeout: float) -> bool
     return False
 
 
+def logged_rows(workdir: Path) -> int:
+    """Rows in the newest run's metrics.csv: it grows with every logged step and validation."""
+    found = runs(workdir)
+    path = found[-1] / "csv" / "metrics.csv" if found else None
+    return path.read_text().count("\n") if path is not None and path.is_file() else 0
+
+
+def wait_for_rows(proc: subprocess.Popen, workdir: Path, target: int, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None and logged_rows(workdir) < target:
+        time.sleep(0.01)
+
+
+def _wait(proc: subprocess.Popen, seconds: float) -> None:
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def metrics(run: Path) -> str:
     return (run / "csv" / "metrics.csv").read_text()
 
@@ -117,15 +138,19 @@ def main() -> int:
         proc = start(["ckpt_path=last"] if resumable else base, victim)
         if killed < args.kills:
             signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
-            if rng.random() < 1 / 3:
-                moment = "during a save" if wait_for_save(proc, victim, duration) else "at the end"
-            else:
-                delay = rng.uniform(0.1, 0.45) * duration
-                moment = f"after {delay:.1f} s"
-                try:
-                    proc.wait(timeout=delay)
-                except subprocess.TimeoutExpired:
-                    pass
+            draw = rng.random()
+            if draw < 1 / 6:  # before training starts: imports, data checks, restoring
+                delay = rng.uniform(0.5, 6.0)
+                moment = f"start-up, {delay:.1f} s"
+                _wait(proc, delay)
+            elif draw < 1 / 2:
+                moment = "during a save" if wait_for_save(proc, victim, timeout=duration) else "at the end"
+            else:  # a few steps on, then a fraction of a second more: mid-step, validation or a save
+                target = logged_rows(victim) + rng.randint(1, 12)
+                wait_for_rows(proc, victim, target, timeout=duration)
+                extra = rng.uniform(0.0, 1.0)
+                _wait(proc, extra)
+                moment = f"row {target} + {extra:.2f} s"
             if proc.poll() is None:
                 proc.send_signal(signum)
                 killed += 1
