@@ -18,6 +18,8 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
+from segkit.hydra_setup import register_resolvers  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
@@ -34,6 +36,7 @@ TINY_DATA = [
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose like the entry scripts do, with the run directory pointed at `output_dir`."""
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
@@ -64,6 +67,7 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
 def compose_with_hydra(*overrides: str) -> DictConfig:
     """The train config as `train.py -m <overrides>` composes it, `hydra` node included and unresolved (its
     sweeper and launcher resolve against the whole)."""
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="train"):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
@@ -83,6 +87,20 @@ def tiny_train_cfg(tmp_path):
         return tiny_train_config(output_dir or tmp_path / "run", *overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> tuple[DictConfig, Path, dict]:
+    """One short real training, shared by every test that only reads its results: (config, run directory, the
+    metrics train() returned). 2 epochs of the tiny data, CSV + offline W&B, the test split scored after fitting.
+    Never write into its run directory: copy what a test must change."""
+    from segkit.tasks.train import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_config(
+        "train", TINY_DATA + ["trainer.max_epochs=2", "trainer.accelerator=cpu", "logger=wandb", "test=true"], run_dir
+    )
+    return cfg, run_dir, train(cfg)
 
 
 @pytest.fixture(autouse=True)

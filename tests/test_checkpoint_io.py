@@ -24,6 +24,7 @@ def test_an_interrupted_save_leaves_the_old_checkpoint_loadable(tmp_path, monkey
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_training_saves_through_it(tiny_train_cfg):
     from segkit.tasks.common import build_trainer
 

@@ -1,24 +1,58 @@
-"""Every option of every config group composes and resolves, and class facts come from the data config."""
+"""Every shipped config: each option of each group of each entry config composes, passes the start-up checks
+unchanged, names only trusted `_target_`s, and (training's) resolves with the class facts from the data config."""
 
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-import segkit  # noqa: F401  (registers the config resolvers)
 from conftest import CONF, compose_config
+from segkit.config_checks import validate
+from segkit.trust import check_targets
 
 GROUPS = ["data", "augment", "model", "backbone", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
-          "experiment", "debug"]
-CHOICES = [(group, p.stem) for group in GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
+          "experiment", "debug", "inference"]
+# Each entry config with the values it cannot do without.
+ENTRY = {"train": [], "evaluate": ["ckpt_path=x.ckpt"], "predict": ["ckpt_path=x.ckpt", "input=in"],
+         "export": ["ckpt_path=x.ckpt"], "check_data": [], "browse_data": [], "bench": []}
+VALIDATED = ("train", "evaluate", "predict", "export", "check_data")  # the tasks segkit.config_checks knows
 
 
-@pytest.mark.parametrize("group,choice", CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
-def test_every_config_option_composes_and_resolves(tmp_path: Path, group, choice):
-    cfg = compose_config("train", [f"{group}={choice}"], tmp_path)
-    OmegaConf.resolve(cfg)  # every interpolation has a target
-    assert cfg.model.num_classes == cfg.data.num_classes
-    assert cfg.model.in_channels == cfg.data.in_channels
+def shipped_configs() -> list[tuple[str, str]]:
+    """(entry config, override): each entry config bare, with every option of every group it has, and evaluate
+    with every data config (it has none by default: the checkpoint's)."""
+    cases = [(name, "") for name in ENTRY]
+    for name in ENTRY:
+        text = (CONF / f"{name}.yaml").read_text()
+        for group in GROUPS:
+            if f"- {group}:" in text or f"- override /{group}:" in text:
+                cases += [(name, f"{group}={p.stem}") for p in sorted((CONF / group).glob("*.yaml"))]
+    cases += [("evaluate", f"data={p.stem}") for p in sorted((CONF / "data").glob("*.yaml"))]
+    return cases
+
+
+SHIPPED = shipped_configs()
+
+
+@pytest.mark.parametrize("config,override", SHIPPED, ids=[f"{c}:{o}" for c, o in SHIPPED])
+def test_every_shipped_config_composes_passes_its_checks_and_names_trusted_targets(tmp_path: Path, config, override):
+    cfg = compose_config(config, ENTRY[config] + ([override] if override else []), tmp_path)
+    if config in VALIDATED:
+        before = OmegaConf.to_yaml(cfg)
+        validate(cfg, config)
+        assert OmegaConf.to_yaml(cfg) == before  # nothing to convert either
+    assert list(cfg.get("trusted_modules") or []) == []  # no shipped config trusts more than segkit's own list
+    check_targets(cfg, source=f"{config} {override}", trusted=())
+    if config == "train":
+        OmegaConf.resolve(cfg)  # every interpolation has a target
+        assert cfg.model.num_classes == cfg.data.num_classes
+        assert cfg.model.in_channels == cfg.data.in_channels
+
+
+def test_every_option_of_every_group_is_a_shipped_case():
+    listed = {(o.split("=", 1)[0], o.split("=", 1)[1]) for _, o in SHIPPED if o}
+    for group in GROUPS:
+        assert {(group, p.stem) for p in (CONF / group).glob("*.yaml")} <= listed, group
 
 
 def test_class_facts_flow_from_the_data_config(tmp_path):

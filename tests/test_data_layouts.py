@@ -14,7 +14,6 @@ from fake_data import MEMBRANE, THREE_CLASSES, VOC_PALETTE, blocks, folder_overr
 from segkit.data.files import DataError
 
 
-
 def build(tmp_path: Path, *overrides: str):
     cfg = compose_config("train", [*overrides, "data.num_workers=0"], tmp_path / "run")
     return instantiate(cfg.data)

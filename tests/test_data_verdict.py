@@ -1,4 +1,4 @@
-"""One verdict on data: `python -m segkit.data.check` fails exactly when training on the same data config (and the
+"""One verdict on data: `python check_data.py` fails exactly when training on the same data config (and the
 same `test` setting) would refuse, and both say which folder, what was searched and the fix.
 
 Every dataset here is written to tmp_path: these tests never need ../shared."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from conftest import compose_config, script_env
+from conftest import ROOT, compose_config, script_env
 from fake_data import THREE_CLASSES, blocks, image_for, save
 from segkit.data.check import run_check
 from segkit.data.files import DataError
@@ -138,15 +138,13 @@ def test_a_sound_dataset_is_accepted_by_both(tmp_path):
     assert same_verdict(tmp_path, data_overrides(root), test=False) == ([], None)
 
 
-def test_the_check_command_exits_with_training_verdict(tmp_path):
+def test_the_check_command_exits_with_training_verdict(tmp_path, capsys):
     root = write_pairs(tmp_path / "d")
-    command = [sys.executable, "-m", "segkit.data.check", *data_overrides(root)]
-    accepted = subprocess.run([*command, "test=false"], cwd=tmp_path, env={**script_env(), "COLUMNS": "250"},
-                              capture_output=True, text=True, timeout=300)
-    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
-    assert "would accept this data" in accepted.stdout
+    accepted = run_check(compose_config("check_data", [*data_overrides(root), "test=false"], tmp_path / "check"))
+    assert accepted["errors"] == 0 and "would accept this data" in capsys.readouterr().out  # check_data.py: exit 0
     for image in (root / "images").iterdir():
         image.unlink()
+    command = [sys.executable, str(ROOT / "check_data.py"), *data_overrides(root)]
     refused = subprocess.run([*command, "test=false"], cwd=tmp_path, env={**script_env(), "COLUMNS": "250"},
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1, refused.stdout + refused.stderr

@@ -12,24 +12,20 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_DATA, compose_config
+from conftest import compose_config
 from fake_data import save
-from segkit.tasks.evaluate import evaluate, load_module
+from segkit.checkpoints import load_module
+from segkit.tasks.evaluate import evaluate
 from segkit.tasks.export import export
 from segkit.tasks.predict import predict
-from segkit.tasks.train import train
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # every test reads the shared trained run
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("train") / "run"
-    cfg = compose_config(
-        "train", TINY_DATA + ["trainer.max_epochs=2", "trainer.accelerator=cpu", "logger=csv", "test=false"], run_dir
-    )
-    train(cfg)
-    return run_dir / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def checkpoint(trained_run) -> Path:
+    """The shared run's last checkpoint (conftest.trained_run): read, never written."""
+    return trained_run[1] / "checkpoints" / "last.ckpt"
 
 
 def write_labelled_folder(root: Path, n: int = 5) -> dict[str, np.ndarray]:

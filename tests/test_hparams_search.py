@@ -10,11 +10,8 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_override
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 
-import segkit  # noqa: F401  (registers the config resolvers)
-from segkit import sweeps
 from conftest import CONF, ROOT, TINY_DATA, compose_with_hydra, run_script
-
-pytestmark = pytest.mark.slow
+from segkit import sweeps
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -79,6 +76,7 @@ def test_tpe_sampler_runs_past_its_random_startup_trials():
     assert len(study.trials) == 8 and study.best_value > 0.99  # some ce_dice trial is best
 
 
+@pytest.mark.slow
 def test_a_two_trial_optuna_search_runs_and_records_its_best(tmp_path):
     proc = run_script(
         str(ROOT / "train.py"), "-m", "hparams_search=lr_loss", "hydra.sweeper.n_trials=2", "debug=fast",
@@ -121,8 +119,8 @@ def test_a_two_trial_optuna_search_runs_and_records_its_best(tmp_path):
     best_job = values.index(max(values))  # Optuna keeps the first of equal values
     assert results["best_params"] == pytest.approx(sampled[best_job])
 
-    # The sweep summary (`python -m segkit.sweeps <dir>`, here in-process) reads an Optuna sweep directory too.
-    sweeps.main([str(sweep_dir)])
+    # The sweep summary (`summarize_sweep.py <dir>`, here its library function) reads an Optuna sweep directory too.
+    sweeps.summarize(sweep_dir, "val/mIoU_best", ["val/mIoU"])
     with open(sweep_dir / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(int(r["job"]) for r in rows) == [0, 1] and all(r["status"] == "done" for r in rows)

@@ -9,8 +9,10 @@ from segkit.inference import Inference, build_inference
 from segkit.tasks.train import build_module
 
 
-def unet(tmp_path):
-    return build_module(compose_config("train", [], tmp_path)).net.eval()
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory):
+    """The default network, in eval mode (read-only here: built once for the module)."""
+    return build_module(compose_config("train", [], tmp_path_factory.mktemp("unet"))).net.eval()
 
 
 class Pointwise(nn.Module):
@@ -30,8 +32,8 @@ def plain_probs(net, images):
         return net(images).softmax(1)
 
 
-def test_one_window_covering_the_image_is_the_plain_forward_pass(tmp_path):
-    net, images = unet(tmp_path), torch.rand(2, 3, 45, 70)
+def test_one_window_covering_the_image_is_the_plain_forward_pass(unet):
+    net, images = unet, torch.rand(2, 3, 45, 70)
     slide = Inference(mode="slide", crop_size=(45, 70), stride=(30, 40))
     assert torch.allclose(slide(net, images), plain_probs(net, images), atol=1e-6)
 
@@ -48,8 +50,8 @@ def test_overlapping_windows_and_flips_of_a_pointwise_net_change_nothing():
         assert torch.allclose(inference(net, images), expected, atol=1e-6), inference
 
 
-def test_scales_and_flips_give_probabilities_at_the_image_size(tmp_path):
-    net, images = unet(tmp_path), torch.rand(1, 3, 37, 53)
+def test_scales_and_flips_give_probabilities_at_the_image_size(unet):
+    net, images = unet, torch.rand(1, 3, 37, 53)
     probs = Inference(scales=[0.5, 1.0, 1.5], flip=True)(net, images)
     assert probs.shape == (1, 4, 37, 53)
     assert torch.allclose(probs.sum(1), torch.ones(1, 37, 53), atol=1e-5)

@@ -20,11 +20,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationValidationError
 
-import segkit  # noqa: F401  (registers the ${segkit.*} resolvers the sweep directory uses)
-from segkit.tasks.train import train
 from conftest import ROOT, TINY_DATA, compose_with_hydra, run_script
-
-pytestmark = pytest.mark.slow
+from segkit.tasks.train import train
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 LOCAL_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
@@ -115,7 +112,8 @@ def test_slurm_launcher_needs_a_device_count_when_the_trainer_has_devices_auto()
         launcher_params(cfg)
     assert "hydra.launcher.tasks_per_node" in str(error.value)  # names the key to set
     # The one key to set: tasks and GPUs per node follow it, `auto` then sees those GPUs.
-    params = launcher_params(compose_with_hydra("hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.tasks_per_node=8"))
+    cfg = compose_with_hydra("hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.tasks_per_node=8")
+    params = launcher_params(cfg)
     assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (1, 8, 8)
     # The default trainer (one device): one GPU, one task per job, the shape of a plain sweep.
     params = launcher_params(compose_with_hydra("hydra/launcher=slurm"))
@@ -148,6 +146,7 @@ def restore_signal_handlers():
         signal.signal(s, handler)
 
 
+@pytest.mark.slow
 def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(
     tiny_train_cfg, tmp_path, monkeypatch, restore_signal_handlers
 ):
@@ -185,6 +184,7 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 2  # 1 restored + 1 more
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_a_sweep_job_through_submitit(tmp_path):
     proc = run_script(
         str(ROOT / "train.py"), "-m", "hydra/launcher=local", "debug=fast", "logger=csv", "seed=7", *TINY_DATA,

@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import timm
 import torch
@@ -11,6 +13,12 @@ from segkit.models.layers import Upsample
 RESNET = {"name": "resnet18"}
 
 
+@functools.cache
+def built(model_cls, num_classes: int, in_channels: int = 3):
+    """One network per (class, classes, channels), shared by the shape tests, which only run it in eval mode."""
+    return model_cls(RESNET, num_classes=num_classes, in_channels=in_channels)
+
+
 def logits_shape(model, batch, channels, h, w):
     model.eval()
     with torch.no_grad():
@@ -20,15 +28,13 @@ def logits_shape(model, batch, channels, h, w):
 @pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (33, 95), (17, 31)])
 @pytest.mark.parametrize("model_cls", [FCN, UNet])
 def test_logits_have_input_size_for_odd_sizes(model_cls, h, w):
-    model = model_cls(RESNET, num_classes=5)
-    assert logits_shape(model, 2, 3, h, w) == (2, 5, h, w)
+    assert logits_shape(built(model_cls, 5), 2, 3, h, w) == (2, 5, h, w)
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
 @pytest.mark.parametrize("model_cls", [FCN, UNet])
 def test_any_number_of_input_channels(model_cls, channels):
-    model = model_cls(RESNET, num_classes=3, in_channels=channels)
-    assert logits_shape(model, 2, channels, 45, 61) == (2, 3, 45, 61)
+    assert logits_shape(built(model_cls, 3, channels), 2, channels, 45, 61) == (2, 3, 45, 61)
 
 
 def test_wrong_channel_count_is_a_clear_error():

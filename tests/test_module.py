@@ -1,3 +1,6 @@
+"""The LightningModule built from the configs: every model x backbone trains a batch, overfitting, losses,
+plain-data hyperparameters, weights-only checkpoints, speed switches. (Precision: test_precision_and_switches.py.)"""
+
 import itertools
 from pathlib import Path
 
@@ -22,6 +25,7 @@ def fit_one_batch(cfg, module=None, **trainer_kwargs) -> L.Trainer:
     return trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,backbone", list(itertools.product(MODELS, BACKBONES)))
 def test_every_model_and_backbone_config_trains_a_batch(tiny_train_cfg, model, backbone):
     cfg = tiny_train_cfg(f"model={model}", f"backbone={backbone}")
@@ -34,6 +38,7 @@ def test_every_model_and_backbone_config_trains_a_batch(tiny_train_cfg, model, b
     assert any(not torch.equal(b, p) for b, p in zip(before, module.net.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,loss", [("unet", "ce"), ("fcn", "ce_dice")])
 def test_overfits_one_batch(tiny_train_cfg, model, loss):
     cfg = tiny_train_cfg(f"model={model}", f"loss={loss}", "scheduler=none", "optimizer.lr=0.003")
@@ -62,6 +67,7 @@ def test_every_loss_config_builds_and_is_finite(tiny_train_cfg, loss):
     assert torch.isfinite(module.criterion(logits, target))
 
 
+@pytest.mark.slow
 def test_binary_task_trains(tiny_train_cfg):
     cfg = tiny_train_cfg("data.num_classes=2", "data.class_names=[bg,disc]", "data.palette=[[0,0,0],[255,0,0]]")
     trainer = fit_one_batch(cfg, accelerator="cpu")
@@ -85,6 +91,7 @@ def test_hyperparameters_are_plain_data(tiny_train_cfg):
     assert module.hparams.data["class_names"] == ["background", "disc", "square", "triangle"]
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_with_weights_only(tiny_train_cfg, tmp_path):
     module = build_module(tiny_train_cfg())
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -100,22 +107,7 @@ def test_checkpoint_loads_with_weights_only(tiny_train_cfg, tmp_path):
         assert torch.allclose(module(x), loaded(x))
 
 
-def test_bf16_mixed_precision_on_cpu(tiny_train_cfg):
-    trainer = fit_one_batch(tiny_train_cfg("loss=ce_dice"), accelerator="cpu", precision="bf16-mixed")
-    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-def test_mixed_precision_on_gpu(tiny_train_cfg, precision):
-    trainer = fit_one_batch(tiny_train_cfg("loss=ce_dice"), accelerator="gpu", devices=1, precision=precision)
-    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
-
-
 def test_channels_last_and_compile_switches_keep_the_network_and_its_checkpoint_keys(tiny_train_cfg):
-    from segkit.tasks.train import build_module
-
     plain = build_module(tiny_train_cfg("model.channels_last=false"))
     fast = build_module(tiny_train_cfg("model.channels_last=true"))
     fast.load_state_dict(plain.state_dict())

@@ -28,6 +28,9 @@ from segkit.tasks.train import build_module
 CONV1 = "net.backbone.encoder.conv1.weight"
 
 
+pytestmark = pytest.mark.slow  # every test reads a checkpoint of a short training
+
+
 @pytest.fixture(scope="module")
 def from_weights_file(tmp_path_factory) -> dict:
     """A checkpoint Lightning wrote after one step of a model started from `backbone.weights=<file>`; the file

@@ -10,14 +10,11 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
-from segkit.losses import CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum
+from conftest import tiny_train_config
+from segkit.checkpoints import load_module
 from segkit.metrics import scores_from_confusion
 from segkit.tasks.common import build_trainer
-from segkit.tasks.evaluate import load_module
 from segkit.tasks.train import build_module
-from conftest import tiny_train_config
-
-pytestmark = pytest.mark.slow
 
 # Shorter runs: no sanity validation, no model summary, every step logged.
 FAST = ["trainer.num_sanity_val_steps=0", "++trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]
@@ -69,28 +66,7 @@ class DtypeProbe(Callback):
 # ---------------------------------------------------------------------------------------------- precision
 
 
-@pytest.mark.parametrize(
-    "criterion",
-    [
-        CrossEntropyLoss(ignore_index=255),
-        DiceLoss(ignore_index=255),
-        FocalLoss(ignore_index=255, gamma=2.0),
-        WeightedSum({"ce": CrossEntropyLoss(ignore_index=255), "dice": DiceLoss(ignore_index=255)}),
-    ],
-    ids=["ce", "dice", "focal", "ce_dice"],
-)
-def test_losses_compute_in_float32_under_bf16_autocast(criterion):
-    head = torch.nn.Conv2d(3, 4, 1)
-    images = torch.rand(2, 3, 12, 10)
-    target = torch.randint(0, 4, (2, 12, 10))
-    target[:, :2] = 255  # ignored pixels
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = head(images)
-        loss = criterion(logits, target)
-    assert logits.dtype == torch.bfloat16  # autocast is on: the loss gets half-precision logits
-    assert loss.dtype == torch.float32
-    # The same as a float32 loss of the same (bf16-rounded) logits: nothing inside ran in bf16.
-    assert loss.item() == pytest.approx(criterion(logits.float(), target).item(), rel=1e-6)
+# (The losses alone under bf16 autocast: tests/test_losses.py.)
 
 
 def test_training_step_under_bf16_autocast_gives_a_float32_loss_and_exact_metrics(tmp_path):
@@ -107,13 +83,30 @@ def test_training_step_under_bf16_autocast_gives_a_float32_loss_and_exact_metric
     assert scores_from_confusion(confusion)["mIoU"].dtype == torch.float64
 
 
-def test_bf16_mixed_training_on_cpu_has_a_finite_float32_loss_and_logs_its_metrics(tmp_path):
+def fixed_batch_loss(module, batch) -> float:
+    """The training loss of one batch under bf16 autocast (batch statistics in BatchNorm), without a step."""
+    module.train()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return module.criterion(module(batch["image"]), batch["mask"]).item()
+
+
+@pytest.mark.slow
+def test_bf16_mixed_training_on_cpu_computes_its_loss_in_float32_and_learns(tmp_path):
     probe = DtypeProbe()
-    cfg = tiny_train_config(tmp_path / "run", "trainer.precision=bf16-mixed", *FAST)
-    trainer, _ = fit(cfg, probe)
+    cfg = tiny_train_config(tmp_path / "run", "trainer.precision=bf16-mixed", "trainer.max_epochs=3", "scheduler=none",
+                            "optimizer.lr=0.003", *FAST)
+    module = build_module(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    before = fixed_batch_loss(module, batch)
+    trainer = build_trainer(cfg, [probe])
+    trainer.fit(module, datamodule=instantiate(cfg.data), weights_only=True)
     assert trainer.precision == "bf16-mixed"
     assert probe.logit_dtypes == {torch.bfloat16}  # the network ran in bf16 (training and validation) ...
-    assert len(probe.losses) == 2 and all(loss.dtype == torch.float32 for loss in probe.losses)  # ... the loss not
+    assert len(probe.losses) == 6 and all(loss.dtype == torch.float32 for loss in probe.losses)  # ... the loss not
+    after = fixed_batch_loss(module, batch)
+    assert after < 0.9 * before, (before, after)  # six bf16 steps moved the loss of a batch it trained on
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for name in ("train/loss_epoch", "val/loss", "val/mIoU", "val/mDice", "train/mIoU"):
         assert math.isfinite(metrics[name]), name
@@ -123,14 +116,16 @@ def test_bf16_mixed_training_on_cpu_has_a_finite_float32_loss_and_logs_its_metri
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs CUDA")
-def test_16_mixed_training_on_gpu(tmp_path):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision,dtype", [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16)])
+def test_mixed_precision_training_on_gpu(tmp_path, precision, dtype):
     probe = DtypeProbe()
-    cfg = tiny_train_config(tmp_path / "run", "trainer.accelerator=gpu", "trainer.precision=16-mixed", *FAST)
+    cfg = tiny_train_config(tmp_path / "run", "trainer.accelerator=gpu", f"trainer.precision={precision}", *FAST)
     trainer, _ = fit(cfg, probe)
-    assert trainer.precision_plugin.scaler is not None  # loss scaling
-    assert probe.logit_dtypes == {torch.float16}
+    assert (trainer.precision_plugin.scaler is not None) == (precision == "16-mixed")  # loss scaling for fp16
+    assert probe.logit_dtypes == {dtype}
     assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in probe.losses)
     assert math.isfinite(float(trainer.callback_metrics["val/loss"]))
 
@@ -146,6 +141,7 @@ class StepProbe(Callback):
         self.global_steps.append(trainer.global_step)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulate, steps_after_each_batch", [(1, [1, 2, 3, 4]), (2, [0, 1, 1, 2])])
 def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tmp_path, accumulate, steps_after_each_batch):
     probe = StepProbe()
@@ -188,6 +184,7 @@ class ClipProbe(Callback):
 CLIP = 1e-3
 
 
+@pytest.mark.slow
 def test_gradient_clipping_by_norm_is_what_the_optimizer_sees(tmp_path):
     probe = ClipProbe()
     fit(tiny_train_config(tmp_path, f"trainer.gradient_clip_val={CLIP}", "trainer.gradient_clip_algorithm=norm",
@@ -198,6 +195,7 @@ def test_gradient_clipping_by_norm_is_what_the_optimizer_sees(tmp_path):
         assert norm_seen == pytest.approx(CLIP, rel=1e-3)  # ... the step saw it scaled to the clip norm
 
 
+@pytest.mark.slow
 def test_gradient_clipping_by_value_bounds_every_gradient(tmp_path):
     probe = ClipProbe()
     fit(tiny_train_config(tmp_path, f"trainer.gradient_clip_val={CLIP}", "trainer.gradient_clip_algorithm=value",
@@ -243,6 +241,7 @@ def ema_run(tmp_path_factory):
     return cfg, run_dir, trainer, module, ema, probe, checkpoint
 
 
+@pytest.mark.slow
 def test_ema_checkpoint_holds_the_averaged_weights(ema_run):
     cfg, run_dir, trainer, module, ema, probe, checkpoint = ema_run
     decay = cfg.callbacks.ema.decay
@@ -272,6 +271,7 @@ def test_ema_checkpoint_holds_the_averaged_weights(ema_run):
         assert torch.equal(value, averaged[key]), key
 
 
+@pytest.mark.slow
 def test_ema_checkpoint_loads_for_evaluation_and_scores_what_validation_scored(ema_run, tmp_path):
     cfg, run_dir, trainer, module, ema, probe, checkpoint = ema_run
     loaded = load_module(run_dir / "checkpoints" / "last.ckpt")  # evaluate.py's path, weights_only=True
@@ -284,6 +284,7 @@ def test_ema_checkpoint_loads_for_evaluation_and_scores_what_validation_scored(e
     assert scores["val/mIoU"] == pytest.approx(float(trainer.callback_metrics["val/mIoU"]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_testing_a_checkpoint_after_an_ema_fit_scores_the_averaged_weights(ema_run):
     """train.py tests the best checkpoint with the fit's own Trainer, where the EMA callback still holds its
     averaged model; without SegmentationModule.on_load_checkpoint the callback would load the trained weights."""
@@ -294,6 +295,7 @@ def test_testing_a_checkpoint_after_an_ema_fit_scores_the_averaged_weights(ema_r
         assert torch.equal(value, checkpoint["state_dict"][key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resumed into a new run directory
 def test_resuming_an_ema_run_restores_trained_and_averaged_weights(ema_run, tmp_path):
     cfg, run_dir, trainer, module, ema, probe, checkpoint = ema_run

@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_config, tiny_train_config
+from conftest import compose_config, tiny_train_config
 from fake_data import save
 from segkit.checkpoints import CheckpointError, load_module
 from segkit.module import SegmentationModule
@@ -187,10 +187,10 @@ def test_lightning_loader_is_segkits_and_refuses_too(crafted):
     "torch.nn.Module.__init__",  # an attribute of a class
     "segkit.models.UNet.register_forward_hook",
     "torch.nn.functional.relu",  # a function of a trusted module
-    "segkit.data.check.main",
+    "segkit.data.check.run_check",  # a function of a trusted module
     "segkit.losses.nn",  # a module
     "segkit.models.backbone.Path",  # pathlib.Path, imported into a trusted module
-    "segkit.optim._with_warmup",  # only the listed schedules of segkit.optim
+    "segkit.schedules._with_warmup",  # only the listed schedules of segkit.schedules
     "segkit.models.NoSuchModel",
 ])
 def test_only_classes_of_trusted_modules_pass(target):
@@ -211,32 +211,6 @@ def test_interpolations_are_checked_as_hydra_resolves_them():
         check_targets(payload, source="test")
     with pytest.raises(UntrustedTargetError, match="holds no interpolations"):
         check_targets({"data": {"root": "${oc.env:HOME}"}}, source="test", resolved=True)
-
-
-def composed_configs(tmp_path: Path):
-    train_groups = ["data", "augment", "model", "backbone", "loss", "optimizer", "scheduler", "trainer", "logger",
-                    "callbacks", "experiment", "debug"]
-    for group in train_groups:
-        for option in sorted((CONF / group).glob("*.yaml")):
-            yield f"train {group}={option.stem}", compose_config("train", [f"{group}={option.stem}"], tmp_path)
-    for task in ("evaluate", "predict"):
-        for option in sorted((CONF / "inference").glob("*.yaml")):
-            extra = ["input=x"] if task == "predict" else []
-            yield f"{task} inference={option.stem}", compose_config(
-                task, ["ckpt_path=x", f"inference={option.stem}", *extra], tmp_path)
-    for option in sorted((CONF / "data").glob("*.yaml")):
-        yield f"evaluate data={option.stem}", compose_config("evaluate", ["ckpt_path=x", f"data={option.stem}"],
-                                                             tmp_path)
-    yield "export", compose_config("export", ["ckpt_path=x"], tmp_path)
-
-
-def test_every_shipped_config_passes(tmp_path):
-    checked = []
-    for name, cfg in composed_configs(tmp_path):
-        assert list(cfg.trusted_modules) == [], name
-        check_targets(cfg, source=name, trusted=cfg.trusted_modules)
-        checked.append(name)
-    assert len(checked) > 40
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from hydra.core.override_parser.types import OverrideType
 from omegaconf import DictConfig, ListConfig
 
-from segkit import CONFIG_DIR
+from segkit.hydra_setup import CONFIG_DIR, register_resolvers
 
 ABSENT = object()  # a key the config does not have (or cannot resolve): not this module's to judge
 SIZE_KEYS = ("image_size", "crop_size")  # image_size first: synthetic's crop_size interpolates it
@@ -112,6 +112,7 @@ def _one_value(override: Any) -> str | None:
 def _compose(config_name: str, overrides: list[str], config_dir: str) -> DictConfig | None:
     from hydra import compose, initialize_config_dir
 
+    register_resolvers()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name=config_name):
             return compose(config_name=config_name, overrides=overrides)

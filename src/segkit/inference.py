@@ -47,7 +47,8 @@ class Inference:
         return self.mode == "whole" and self.scales == [1.0] and not self.flip
 
     def __repr__(self) -> str:
-        return f"Inference(mode={self.mode}, crop_size={self.crop_size}, stride={self.stride}, scales={self.scales}, flip={self.flip})"
+        return (f"Inference(mode={self.mode}, crop_size={self.crop_size}, stride={self.stride}, scales={self.scales}, "
+                f"flip={self.flip})")
 
     @torch.no_grad()
     def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,8 @@ class CrossEntropyLoss(nn.Module):
 
 
 class DiceLoss(nn.Module):
-    """1 - soft Dice over the whole batch, averaged over the classes present in the batch
-    (ground truth or prediction), so absent classes neither reward nor punish."""
+    """1 - soft Dice over the whole batch, averaged over the classes present in the batch's ground truth, so
+    absent classes neither reward nor punish (over all classes when every pixel is ignored). No host sync."""
 
     def __init__(self, ignore_index: int = 255, smooth: float = 1.0) -> None:
         super().__init__()
@@ -50,8 +50,13 @@ class DiceLoss(nn.Module):
         intersection = (probs * onehot).sum(dims)
         cardinality = probs.sum(dims) + onehot.sum(dims)
         dice = (2 * intersection + self.smooth) / (cardinality + self.smooth)
-        present = onehot.sum(dims) > 0
-        return 1 - (dice[present].mean() if present.any() else dice.mean())
+        # The mean over the classes present (in the ground truth), or over all classes when none is (every pixel
+        # ignored): by arithmetic masking, not boolean indexing and a Python `if` on a tensor, which would make the
+        # host wait for the device on every training step.
+        present = (onehot.sum(dims) > 0).to(dice.dtype)
+        count = present.sum()
+        mean_present = (dice * present).sum() / count.clamp_min(1)
+        return 1 - torch.where(count > 0, mean_present, dice.mean())
 
 
 class FocalLoss(nn.Module):

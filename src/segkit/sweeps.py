@@ -1,16 +1,11 @@
-"""Compare the jobs of a sweep:
-
-    python -m segkit.sweeps logs/train/multiruns/<stamp> [--metric val/mIoU_best] [--columns val/mDice,time/fit_s]
-
-Reads each job's overrides (`.hydra/overrides.yaml`) and `metrics.json`, and writes `summary.md`, `summary.csv`
-and `summary.png` (a bar per job) into the sweep directory; jobs without results are listed as unfinished.
-An Optuna search (`hparams_search=...`) has the same job folders; its best trial, from the sweeper's
-`optimization_results.yaml`, is added under the table.
+"""Comparing the jobs of a sweep (`python summarize_sweep.py <sweep dir>`): each job's overrides
+(`.hydra/overrides.yaml`) and `metrics.json` become `summary.md`, `summary.csv` and `summary.png` (a bar per job)
+in the sweep directory; jobs without results are listed as unfinished. An Optuna search (`hparams_search=...`) has
+the same job folders; its best trial, from the sweeper's `optimization_results.yaml`, is added under the table.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -23,7 +18,8 @@ from PIL import Image, ImageDraw
 
 def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
-    for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+    job_dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    for job_dir in job_dirs:
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
         metrics_file = job_dir / "metrics.json"
@@ -104,17 +100,3 @@ def bar_chart(rows: list[dict[str, Any]], metric: str, label_keys: list[str]) ->
             draw.text((label_w, y + 4), "no result", fill=(200, 0, 0))
     return image
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--metric", default="val/mIoU_best")
-    parser.add_argument("--columns", default="val/mIoU,val/mDice,val/pixel_acc,time/fit_s")
-    args = parser.parse_args(argv)
-    rows = summarize(args.sweep_dir, args.metric, [c for c in args.columns.split(",") if c])
-    print((args.sweep_dir / "summary.md").read_text())
-    print(f"Written: {args.sweep_dir / 'summary.csv'}, {args.sweep_dir / 'summary.png'} ({len(rows)} jobs)")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@
 
 Allowed: classes of segkit's model, loss, data, logger, callback and checkpoint modules and of torch.nn,
 torch.optim, albumentations and Lightning's loggers and callbacks, plus a few named callables (the schedule
-factories of segkit.optim, the Trainer). A user's own package is allowed only by the current command
+factories of segkit.schedules, the Trainer). A user's own package is allowed only by the current command
 (`trusted_modules=[mypkg]`), never by the file being loaded.
 """
 
@@ -26,8 +26,7 @@ TRUSTED_MODULES: tuple[str, ...] = (
     "segkit.losses",
     "segkit.data",
     "segkit.loggers",
-    "segkit.visualize",
-    "segkit.writers",
+    "segkit.callbacks",
     "segkit.checkpoint_io",
     "torch.nn",
     "torch.optim",  # torch.optim.lr_scheduler included
@@ -38,6 +37,9 @@ TRUSTED_MODULES: tuple[str, ...] = (
 # Callables allowed by exact name: functions (configs give them as `_partial_` factories) and classes defined
 # outside the modules above.
 TRUSTED_CALLABLES: frozenset[str] = frozenset({
+    "segkit.schedules.poly",
+    "segkit.schedules.cosine",
+    # Their address until the module was renamed: the scheduler config stored in older checkpoints names it.
     "segkit.optim.poly",
     "segkit.optim.cosine",
     "lightning.pytorch.Trainer",
@@ -81,7 +83,7 @@ def _refuse(key: str, target: Any, source: str, why: str) -> UntrustedTargetErro
     return UntrustedTargetError(
         f"Refusing {key} = \"{target}\" from {source}: {why}. segkit only builds classes of its own models, "
         "losses, data, loggers and callbacks, of torch.nn, torch.optim, albumentations and Lightning, and the "
-        f"schedules of segkit.optim. {_HOW_TO_TRUST}"
+        f"schedules of segkit.schedules. {_HOW_TO_TRUST}"
     )
 
 

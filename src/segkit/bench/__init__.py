@@ -1,1 +1,1 @@
-"""Throughput and memory benchmarks: `python -m segkit.bench` (see conf/bench.yaml)."""
+"""Throughput and memory benchmarks, run by `python bench.py` (see conf/bench.yaml)."""

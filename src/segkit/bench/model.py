@@ -1,7 +1,7 @@
 """Training and inference throughput of the composed model, and the framework's own overhead.
 
 For each setting (batch size, image size, precision, channels_last, compile) it measures the median step
-after warm-up (robust to the odd stalled step of a shared machine):
+after warm-up (robust to the odd stalled step of a shared machine), `repeats` times over, alternating:
 - `train`: images/s of the real `SegmentationModule` under a Lightning `Trainer` (metrics updated and logged
   at the configured interval, CSV logger on; no progress bar, checkpoints or validation);
 - `bare`: images/s of the same network, loss, optimizer and schedule, fed the same tensors by the same
@@ -26,6 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 from segkit.bench.measure import StepTimer, autocast, peak_memory_mb, reset_peak_memory
 from segkit.data.dataset import collate
 from segkit.tasks.train import build_module
+
+# What each setting measures, once per repeat.
+FIGURES = ("train_img_s", "bare_img_s", "overhead_pct", "infer_img_s", "train_peak_mb", "bare_peak_mb",
+           "infer_peak_mb")
 
 
 class FixedBatches(Dataset):
@@ -160,6 +164,9 @@ def settings(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def bench_model(cfg: DictConfig, output_dir) -> list[dict[str, Any]]:
+    """One row per setting; each figure a list with one value per repeat (segkit.bench.run reports their median
+    and min-max). The overhead is paired: each repeat's Lightning step against the bare step measured right after
+    it, so a drift of the machine between repeats moves both."""
     device = _device(cfg)
     rows = []
     for setting in settings(cfg):
@@ -168,23 +175,15 @@ def bench_model(cfg: DictConfig, output_dir) -> list[dict[str, Any]]:
         data = FixedBatches(batch * total, batch * 2, cfg.data.in_channels, size, cfg.data.num_classes, cfg.seed)
         loader = DataLoader(data, batch_size=batch, shuffle=False, drop_last=True, collate_fn=collate,
                             pin_memory=device.type == "cuda")
-        # Alternated and repeated, the fastest of each kept: a shared machine's drift hits both alike.
-        train_s = bare_s = float("inf")
-        for _ in range(cfg.repeats):
-            seconds, train_mb = measure_lightning(cfg, loader, setting, device, output_dir)
-            train_s = min(train_s, seconds)
-            seconds, bare_mb = measure_bare(cfg, loader, setting, device)
-            bare_s = min(bare_s, seconds)
-        infer_s, infer_mb = measure_inference(cfg, data.images[:batch], setting, device)
-        rows.append({
-            **setting,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "train_img_s": batch / train_s,
-            "bare_img_s": batch / bare_s,
-            "overhead_pct": 100 * (train_s / bare_s - 1),
-            "infer_img_s": batch / infer_s,
-            "train_peak_mb": train_mb,
-            "bare_peak_mb": bare_mb,
-            "infer_peak_mb": infer_mb,
-        })
+        figures: dict[str, list[float]] = {key: [] for key in FIGURES}
+        for _ in range(max(1, int(cfg.repeats))):
+            train_s, train_mb = measure_lightning(cfg, loader, setting, device, output_dir)
+            bare_s, bare_mb = measure_bare(cfg, loader, setting, device)
+            infer_s, infer_mb = measure_inference(cfg, data.images[:batch], setting, device)
+            for key, value in (("train_img_s", batch / train_s), ("bare_img_s", batch / bare_s),
+                               ("overhead_pct", 100 * (train_s / bare_s - 1)), ("infer_img_s", batch / infer_s),
+                               ("train_peak_mb", train_mb), ("bare_peak_mb", bare_mb), ("infer_peak_mb", infer_mb)):
+                figures[key].append(value)
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        rows.append({**setting, "device": device_name, **figures})
     return rows

@@ -1,24 +1,19 @@
-"""See what the model sees:
-
-    python -m segkit.data.browse data=membrane data.root=/path [split=train] [num_samples=16] [columns=4]
-
-Writes a PNG grid of samples as the datamodule delivers them (after the split's augmentation), each shown as
-image | mask over image in the data config's palette, with a legend; ignored pixels are white.
+"""What the model sees (`python browse_data.py`, see conf/browse_data.yaml): a PNG grid of samples as the
+datamodule delivers them (after the split's augmentation), each shown as image | mask over image in the data
+config's palette, with a legend; ignored pixels are white.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import lightning as L
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
-from segkit import CONFIG_DIR
-from segkit.visualize import grid, legend, overlay, to_rgb
+from segkit.drawing import grid, legend, overlay, to_rgb
 
 
 def browse(cfg: DictConfig) -> Path:
@@ -50,11 +45,3 @@ def _pad_width(picture: np.ndarray, width: int) -> np.ndarray:
     pad = np.full((picture.shape[0], width - picture.shape[1], 3), 255, dtype=np.uint8)
     return np.concatenate([picture, pad], axis=1)
 
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="browse_data")
-def main(cfg: DictConfig) -> None:
-    browse(cfg)
-
-
-if __name__ == "__main__":
-    main()

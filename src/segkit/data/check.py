@@ -1,32 +1,26 @@
-"""Check a dataset before training on it:
-
-    python -m segkit.data.check data=folder data.root=/path/to/data [test=false] [full=false] [class_weights=enet]
-
-Reads every file of every split (in data.num_workers workers) and prints counts, image sizes, class pixel
-frequencies and every problem with its file; writes report.json and class_weights.yaml to the run directory.
-Exits with status 1 exactly when `train.py` with the same data config and `test` setting would stop: the verdict is
-the start-up guard's own (`FileDataModule.find_problems` over the splits `run_splits` says training loads).
+"""The data check (`python check_data.py`, see conf/check_data.yaml): every file of every split read (in
+data.num_workers workers), counts, image sizes, class pixel frequencies and every problem with its file, written to
+report.json and class_weights.yaml in the run directory. The verdict is the start-up guard's own
+(`FileDataModule.find_problems` over the splits `run_splits` says training loads), so the command fails exactly
+when `train.py` with the same data config and `test` setting would stop.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from segkit import CONFIG_DIR
-from segkit.config_checks import check_overrides, validate
+from segkit.atomic import write_json
+from segkit.config_checks import validate
 from segkit.data.datamodule import SPLITS, run_splits
 from segkit.data.filedata import FileDataModule
 from segkit.data.files import DataError
 from segkit.data.scan import Problem, SplitReport, suggest_class_weights
-from segkit.atomic import write_json
 
 
 def check_dataset(
@@ -94,7 +88,7 @@ def print_report(datamodule: FileDataModule, reports: dict[str, SplitReport], pr
         row = [str(i), name] + [f"{freqs[s][i]:.2%}" if reports[s].decoded else "-" for s in reports]
         classes.add_row(*row, *([f"{weights[i]:.3f}"] if weights else []))
     ignored = []
-    for split, report in reports.items():
+    for report in reports.values():
         total = report.class_pixels.sum() + report.ignore_pixels
         ignored.append(f"{report.ignore_pixels / total:.2%}" if total else "-")
     classes.add_row("", f"(ignore_index {datamodule.ignore_index}, share of all pixels)", *ignored)
@@ -133,18 +127,8 @@ def run_check(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     write_json(output_dir / "report.json", out)
     if "class_weights" in out:
-        OmegaConf.save(OmegaConf.create({"class_weights": out["class_weights"]["weights"]}), output_dir / "class_weights.yaml")
+        weights = OmegaConf.create({"class_weights": out["class_weights"]["weights"]})
+        OmegaConf.save(weights, output_dir / "class_weights.yaml")
     print(f"Report: {output_dir / 'report.json'}")
     return out
 
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="check_data")
-def main(cfg: DictConfig) -> None:
-    out = run_check(cfg)
-    if out["errors"]:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    check_overrides("check_data")  # a misspelled key fails here, before Hydra composes
-    main()

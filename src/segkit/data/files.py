@@ -151,7 +151,8 @@ def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
             path=path,
         )
     if mask.ndim != 2:
-        raise DataError(f"{path}: a mask of shape {mask.shape}; expected one channel (H, W).", kind="mask shape", path=path)
+        message = f"{path}: a mask of shape {mask.shape}; expected one channel (H, W)."
+        raise DataError(message, kind="mask shape", path=path)
     if not np.issubdtype(mask.dtype, np.integer) and not np.issubdtype(mask.dtype, np.bool_):
         if not np.array_equal(mask, np.round(mask)):
             raise DataError(

@@ -6,14 +6,13 @@ configs pass `fill_mask: ${data.ignore_index}`), so padded pixels are never lear
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 from pydantic import Field
-from typing_extensions import Annotated
 
 
 class CatMaxRatioCrop(A.RandomCrop):

@@ -36,7 +36,8 @@ class FCNDecoder(nn.Module):
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
         # Skip scorers and 2x upsamplers, deepest skip first.
         self.skip_scores = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in channels[-levels:-1][::-1])
-        for score in self.skip_scores:  # skips start silent: training begins from the coarse prediction, as in the paper
+        # Skips start silent: training begins from the coarse prediction, as in the paper.
+        for score in self.skip_scores:
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
         skip_strides = strides[-levels:][::-1]

@@ -6,15 +6,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from segkit.atomic import write_json
+from segkit.callbacks import MaskWriter, PredictionTable
 from segkit.checkpoints import load_module
 from segkit.inference import build_inference
 from segkit.module import SegmentationModule
 from segkit.report import build_report, print_report, write_report_files
-from segkit.atomic import write_json
 from segkit.tasks.common import build_trainer, finish_wandb, plain, split_metrics
 from segkit.trust import safe_instantiate
-from segkit.visualize import PredictionTable
-from segkit.writers import MaskWriter
 
 SPLITS = ("val", "test")
 
@@ -38,7 +37,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     callbacks = []
     if cfg.get("save_predictions"):
-        callbacks.append(MaskWriter(output_dir / "predictions", datamodule.palette, ignore_index=datamodule.ignore_index))
+        palette, ignore_index = datamodule.palette, datamodule.ignore_index
+        callbacks.append(MaskWriter(output_dir / "predictions", palette, ignore_index=ignore_index))
     if cfg.get("log_table"):
         callbacks.append(PredictionTable(datamodule.class_names, datamodule.ignore_index, max_rows=cfg.log_table))
     trainer = build_trainer(cfg, callbacks)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-
 from rich.console import Console
 from rich.table import Table
 
@@ -72,7 +71,9 @@ def check(net: torch.nn.Module, run, shapes: list[list[int]], in_channels: int) 
             expected = net(images).numpy()
         got = run(images)
         if got.shape != expected.shape:
-            raise AssertionError(f"Exported output {got.shape} for input {tuple(images.shape)}; PyTorch gives {expected.shape}.")
+            raise AssertionError(
+                f"Exported output {got.shape} for input {tuple(images.shape)}; PyTorch gives {expected.shape}."
+            )
         results.append({
             "input": [batch, in_channels, height, width],
             "max_abs_diff": float(np.abs(got - expected).max()),
@@ -121,6 +122,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     for fmt, entry in summary["exports"].items():
         path = Path(entry["path"])
         agreement = min(c["argmax_agreement"] for c in entry["checks"])
-        table.add_row(fmt, str(path), f"{path.stat().st_size / 2**20:.1f}", f"{entry['max_abs_diff']:.1e}", f"{agreement:.4%}")
+        size_mb = path.stat().st_size / 2**20
+        table.add_row(fmt, str(path), f"{size_mb:.1f}", f"{entry['max_abs_diff']:.1e}", f"{agreement:.4%}")
     Console(width=max(Console().width, 120)).print(table)
     return summary

@@ -13,11 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from segkit.callbacks import MaskWriter
 from segkit.checkpoints import load_module
 from segkit.data.inputs import ImageBatches, ImageFiles, find_images, read_failure
 from segkit.inference import build_inference
 from segkit.tasks.common import plain
-from segkit.writers import MaskWriter
 
 
 class UnreadableInputs(RuntimeError):

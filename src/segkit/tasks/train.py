@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.config_checks import validate
+from segkit.console import EpochLine, closing_lines, quiet_known_noise
 from segkit.atomic import atomic_write_text, remove_leftovers, write_json
 from segkit.loggers import CSVLogger, read_rows
 from segkit.module import SegmentationModule
@@ -52,6 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = plan_of_run(output_dir, cfg.paths.runs_dir, cfg.get("ckpt_path"))
     saved = read_checkpoint(resume.checkpoint) if resume.checkpoint else None  # a corrupt file is named now
     check_not_finished(resume, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps"))
+    quiet_known_noise()
     if cfg.get("seed") is not None:  # seed 0 is a seed
         L.seed_everything(cfg.seed, workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.test_after_fit = bool(cfg.get("test"))  # a missing test split stops the run now, not after fitting
     module = build_module(cfg)
     # Part of what a run promises, not options: exact resume and a checkpoint on SIGTERM / Ctrl-C.
-    trainer = build_trainer(cfg, [RandomStates(), StopAndSave(output_dir / LAST_CHECKPOINT)])
+    trainer = build_trainer(cfg, [RandomStates(), StopAndSave(output_dir / LAST_CHECKPOINT), EpochLine()])
     if resumed_step is not None:
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
@@ -105,7 +107,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_wandb()
     if trainer.is_global_zero:  # last, so that it is not buried under W&B's summary
         headline = {k: v for k, v in metrics.items() if k.count("/") == 1 and not k.startswith("train/")}
-        print_table(f"Run directory: {output_dir}", headline)
+        print_table("Final scores", headline)
+        print("\n".join(closing_lines(output_dir, best_path, trainer.loggers)))
     return metrics
 
 
