@@ -1,6 +1,7 @@
 """Config mistakes fail at start-up in seconds, naming the key (segkit.config_checks), and predict.py writes every
 mask it can before it fails on the inputs it cannot read. No training here."""
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -37,26 +38,34 @@ def test_a_misspelled_key_fails_in_seconds_with_the_key_it_meant(tmp_path):
     print(f"train.py trainer.max_epoch=1 failed after {elapsed:.1f} s")
 
 
-@pytest.mark.parametrize("script,args", [
-    ("evaluate.py", ["ckpt_path=x.ckpt", "splti=test"]),
-    ("predict.py", ["ckpt_path=x.ckpt", "input=in", "inference.scale=[0.5]"]),
-    ("export.py", ["ckpt_path=x.ckpt", "opsett=17"]),
+@pytest.mark.parametrize("config,argv", [
+    ("evaluate", ["ckpt_path=x.ckpt", "splti=test"]),
+    ("predict", ["ckpt_path=x.ckpt", "input=in", "inference.scale=[0.5]"]),
+    ("export", ["ckpt_path=x.ckpt", "opsett=17"]),
+    ("check_data", ["data=membrane", "ful=false"]),
+    ("browse_data", ["num_sample=4"]),
+    ("bench", ["repeat=5"]),
 ])
-def test_every_entry_script_checks_its_keys_first(tmp_path, script, args):
-    proc = run_script(str(ROOT / script), *args, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    key = args[-1].split("=")[0]
-    assert f"Unknown key {key}. Did you mean " in proc.stderr and f"use +{args[-1]}.)" in proc.stderr, proc.stderr
+def test_every_entry_config_names_a_misspelled_key(config, argv):
+    """What each entry script's check_overrides(<config>) says (tests/test_layout.py: every script calls it first;
+    the train.py test above runs one script end to end)."""
+    with pytest.raises(ConfigError) as caught:
+        find_unknown_keys(config, argv)
+    key = argv[-1].split("=")[0]
+    assert f"Unknown key {key}. Did you mean " in str(caught.value) and f"use +{argv[-1]}.)" in str(caught.value)
 
 
 def test_a_batch_size_that_is_no_number_fails_before_any_data_is_read(tmp_path):
-    start = time.perf_counter()
-    proc = run_script(str(ROOT / "train.py"), "data.batch_size=abc", "logger=csv", cwd=tmp_path, timeout=120)
-    elapsed = time.perf_counter() - start
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "data.batch_size='abc' (a string) is not a whole number" in proc.stderr, proc.stderr[-3000:]
-    assert "Fix: data.batch_size=8" in proc.stderr and "not supported between" not in proc.stderr
-    print(f"train.py data.batch_size=abc failed after {elapsed:.1f} s")
+    """The train task itself (what train.py runs after composing; the script end to end: the test above)."""
+    from segkit.tasks.train import train
+
+    cfg = compose_config("train", ["data.batch_size=abc", "logger=csv"], tmp_path / "run")
+    with pytest.raises(ConfigError) as caught:
+        train(cfg)
+    message = str(caught.value)
+    assert "data.batch_size='abc' (a string) is not a whole number" in message
+    assert "Fix: data.batch_size=8" in message and "not supported between" not in message
+    assert not (tmp_path / "run").exists()  # nothing written, no data read, no model built
 
 
 # --------------------------------------------------------------------------------- misspelled keys, in-process
@@ -212,11 +221,26 @@ def test_predict_writes_every_readable_mask_then_fails_naming_the_bad_files(chec
 
 
 def test_the_predict_script_exits_1_with_the_list(checkpoint, tmp_path):
+    """predict.py's own main (the function under @hydra.main), on the config its command line composes: the list
+    becomes the exit message (status 1, no traceback), as `sys.exit(message)` does."""
+    script = load_script("predict.py")
     bad = write_inputs(tmp_path / "in")
     (tmp_path / "in/...png").write_bytes((tmp_path / "in/b.png").read_bytes())  # no extension to Pillow: still written
-    proc = run_script(str(ROOT / "predict.py"), f"ckpt_path={checkpoint}", f"input={tmp_path / 'in'}",
-                      f"output={tmp_path / 'out'}", "num_workers=0", "trainer.accelerator=cpu", cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "2 of 6 input(s) could not be predicted; the other 4 mask(s)" in proc.stderr
-    assert all(f"  - {path}: cannot be read" in proc.stderr for path in bad)
-    assert (tmp_path / "out/masks/...png").is_file() and "Traceback" not in proc.stderr
+    overrides = [f"ckpt_path={checkpoint}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "num_workers=0",
+                 "trainer.accelerator=cpu"]
+    cfg = compose_config("predict", overrides, tmp_path / "run")
+    with pytest.raises(SystemExit) as exited:
+        script.main.__wrapped__(cfg)
+    message = exited.value.code
+    assert isinstance(message, str)  # sys.exit(str): printed to stderr, exit status 1
+    assert "2 of 6 input(s) could not be predicted; the other 4 mask(s)" in message
+    assert all(f"  - {path}: cannot be read" in message for path in bad)
+    assert (tmp_path / "out/masks/...png").is_file()
+
+
+def load_script(name: str):
+    """An entry script as a module (its `__main__` block does not run)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{Path(name).stem}", ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -18,16 +18,20 @@ ENTRY = {"train": [], "evaluate": ["ckpt_path=x.ckpt"], "predict": ["ckpt_path=x
 VALIDATED = ("train", "evaluate", "predict", "export", "check_data")  # the tasks segkit.config_checks knows
 
 
+# The groups whose options each entry config is composed with. train: every group it has; the other tasks: the
+# groups whose values they judge differently (inference, data); the rest compose the same files as train.
+PER_OPTION = {"train": GROUPS, "evaluate": ["inference", "data"], "predict": ["inference"], "check_data": ["data"]}
+
+
 def shipped_configs() -> list[tuple[str, str]]:
-    """(entry config, override): each entry config bare, with every option of every group it has, and evaluate
-    with every data config (it has none by default: the checkpoint's)."""
+    """(entry config, override): each entry config bare, then with every option of the groups PER_OPTION lists
+    (evaluate with every data config too: by default it has none, the checkpoint's)."""
     cases = [(name, "") for name in ENTRY]
-    for name in ENTRY:
+    for name, groups in PER_OPTION.items():
         text = (CONF / f"{name}.yaml").read_text()
-        for group in GROUPS:
+        for group in groups:
             if f"- {group}:" in text or f"- override /{group}:" in text:
                 cases += [(name, f"{group}={p.stem}") for p in sorted((CONF / group).glob("*.yaml"))]
-    cases += [("evaluate", f"data={p.stem}") for p in sorted((CONF / "data").glob("*.yaml"))]
     return cases
 
 

@@ -185,6 +185,22 @@ def test_camvid_lists_with_segnet_paths(tmp_path):
     assert torch.equal(item["mask"], torch.from_numpy(expected))
 
 
+def test_a_parent_folder_as_root_names_the_folder_that_holds_the_lists(tmp_path):
+    """data.root=<parent of CamVid/>: the message names <root>/CamVid/train.txt and the fix."""
+    root = tmp_path / "data" / "CamVid"
+    for split in ("train", "val", "test"):
+        mask = np.zeros((8, 12), np.uint8)
+        save(root / split / "a.png", image_for(mask, np.random.default_rng(0)))
+        save(root / f"{split}annot" / "a.png", mask)
+        (root / f"{split}.txt").write_text(f"/SegNet/CamVid/{split}/a.png /SegNet/CamVid/{split}annot/a.png\n")
+    dm = build(tmp_path, "data=camvid", f"data.root={root.parent}")
+    with pytest.raises(DataError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert f"{root.parent / 'train.txt'}: the train list file does not exist" in message
+    assert f"Found {root / 'train.txt'}. Fix: data.root={root}." in message
+    build(tmp_path, "data=camvid", f"data.root={root}").setup("fit")  # the folder it names works
+
 def test_rgb_colour_masks_map_through_the_palette(tmp_path):
     rng = np.random.default_rng(6)
     palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], dtype=np.uint8)

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import pytest
 import torch
 from PIL import Image
@@ -121,6 +119,9 @@ def test_predict_writes_palette_masks_that_reload_to_the_same_ids(checkpoint, tm
 
 
 def test_export_runs_in_onnxruntime_and_torch_export_like_pytorch(checkpoint, tmp_path):
+    import onnx  # the export group's packages, imported by the one test that needs them
+    import onnxruntime
+
     cfg = compose_config("export", [f"ckpt_path={checkpoint}", f"output={tmp_path / 'export'}"], tmp_path / "run")
     summary = export(cfg)
     for fmt in ("onnx", "torch_export"):

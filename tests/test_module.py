@@ -107,7 +107,18 @@ def test_checkpoint_loads_with_weights_only(tiny_train_cfg, tmp_path):
         assert torch.allclose(module(x), loaded(x))
 
 
-def test_channels_last_and_compile_switches_keep_the_network_and_its_checkpoint_keys(tiny_train_cfg):
+class Compiled(torch.nn.Module):
+    """What torch.compile returns, a module wrapping the network (`_orig_mod`), without importing the compiler."""
+
+    def __init__(self, net):
+        super().__init__()
+        self._orig_mod = net
+
+    def forward(self, *args):
+        return self._orig_mod(*args)
+
+
+def test_channels_last_and_compile_switches_keep_the_network_and_its_checkpoint_keys(tiny_train_cfg, monkeypatch):
     plain = build_module(tiny_train_cfg("model.channels_last=false"))
     fast = build_module(tiny_train_cfg("model.channels_last=true"))
     fast.load_state_dict(plain.state_dict())
@@ -116,5 +127,9 @@ def test_channels_last_and_compile_switches_keep_the_network_and_its_checkpoint_
     with torch.no_grad():
         assert torch.allclose(fast(images), plain(images), atol=1e-5)
     assert fast.net.backbone.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    compiled = build_module(tiny_train_cfg("model.compile=true"))  # compiled lazily: not run here (slow on CPU)
-    assert compiled.compiled_net is not None and compiled.state_dict().keys() == plain.state_dict().keys()
+    monkeypatch.setattr(torch, "compile", Compiled)  # the real one compiles lazily anyway: nothing to run here
+    compiled = build_module(tiny_train_cfg("model.compile=true"))
+    assert isinstance(compiled.compiled_net, Compiled) and compiled.compiled_net._orig_mod is compiled.net
+    assert compiled.state_dict().keys() == plain.state_dict().keys()  # the wrapper is kept out of checkpoints
+    with torch.no_grad():
+        assert torch.equal(compiled.eval()(images), compiled.net(images))  # forward goes through the wrapper

@@ -10,7 +10,6 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-
 # What each worker count measures, once per repeat.
 FIGURES = ("img_s", "ms_per_batch")
 

@@ -1,6 +1,7 @@
 """What the model sees (`python browse_data.py`, see conf/browse_data.yaml): a PNG grid of samples as the
 datamodule delivers them (after the split's augmentation), each shown as image | mask over image in the data
-config's palette, with a legend; ignored pixels are white.
+config's palette, with a legend; ignored pixels (void, padding) are drawn opaque in a colour no class of the
+palette uses, named in the legend (segkit.drawing.ignore_colour).
 """
 
 from __future__ import annotations

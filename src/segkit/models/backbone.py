@@ -1,14 +1,44 @@
-"""A timm `features_only` model as an encoder, with name checking and offline-friendly weight loading."""
+"""A timm model as an encoder: any family, any input size, features shallow to deep as (B, C, H, W) maps.
+
+- Names are checked at start-up (closest valid names on a typo); weights load offline from a file.
+- Families that can take any size when asked are asked (`FLEXIBLE_KWARGS`: dynamic size and padding for ViTs,
+  non-strict size for Swin); channels-last (NHWC) features are transposed.
+- What a model still needs of the input size is measured once when it is built (a forward pass of zeros, no
+  random numbers drawn): images are then padded at the bottom and right to the multiple it takes (or up to its
+  one size), and the model crops the logits back. A model that takes no size at all fails here, at start-up.
+- A plain ViT (every feature at one stride) becomes a multi-scale encoder through `SimplePyramid`.
+- Convolutions that crash oneDNN under channels-last (see `_sidestep_onednn_1x1_stride_crash`) are rewritten
+  to an identical computation that does not.
+"""
 
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.models import get_arch_name, is_model_in_modules
 from torch import nn
+
+from segkit.models.pyramid import PYRAMID_STRIDES, SimplePyramid, evenly_spaced_blocks
+
+log = logging.getLogger(__name__)
+
+# timm module -> the arguments that make its models take any input size (given only when the config does not).
+FLEXIBLE_KWARGS: dict[str, dict[str, Any]] = {
+    **dict.fromkeys(
+        ("vision_transformer", "deit", "eva", "vision_transformer_hybrid"),
+        {"dynamic_img_size": True, "dynamic_img_pad": True},
+    ),
+    **dict.fromkeys(
+        ("swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr", "vision_transformer_sam"),
+        {"strict_img_size": False},
+    ),
+}
 
 
 class UnknownBackboneError(ValueError):
@@ -17,6 +47,10 @@ class UnknownBackboneError(ValueError):
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """Pretrained weights were asked for but could not be fetched (usually: no network)."""
+
+
+class UnsupportedBackboneError(ValueError):
+    """A timm model that cannot serve as a segmentation encoder, found when the model is built."""
 
 
 def check_backbone_name(name: str) -> None:
@@ -33,11 +67,22 @@ def check_backbone_name(name: str) -> None:
     )
 
 
+def flexible_kwargs(name: str) -> dict[str, Any]:
+    """The timm arguments that let model `name` take any input size ({} when its family needs none)."""
+    arch = get_arch_name(name)
+    return next((dict(kw) for module, kw in FLEXIBLE_KWARGS.items() if is_model_in_modules(arch, [module])), {})
+
+
 class Backbone(nn.Module):
     """Encoder returning a list of feature maps, shallow to deep, with their channels and strides.
 
     Images are expected in [0, 1]; they are normalised here with the backbone's own mean and std,
     so checkpoints, exports and predictions need no separate preprocessing step.
+
+    `out_indices`: which stages timm returns; for a plain ViT, which blocks feed the pyramid (four, one per
+    level, or one for all: ViTDet's last-block pyramid), by default four evenly spaced ones.
+    `pyramid`: null (auto: on for plain ViTs, whose features share one stride), true or false.
+    Further keys go to `timm.create_model` (`drop_path_rate`, `img_size`, ...).
     """
 
     def __init__(
@@ -48,11 +93,12 @@ class Backbone(nn.Module):
         weights: str | None = None,
         out_indices: Sequence[int] | None = None,
         normalize: bool = True,
+        pyramid: bool | None = None,
         **timm_kwargs,
     ) -> None:
         super().__init__()
         check_backbone_name(name)
-        kwargs = dict(features_only=True, in_chans=in_channels, **timm_kwargs)
+        kwargs = dict(features_only=True, in_chans=in_channels, **{**flexible_kwargs(name), **timm_kwargs})
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
         if weights is not None:
@@ -64,23 +110,191 @@ class Backbone(nn.Module):
                 )
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
             pretrained = True
-        self.encoder = _create(name, pretrained, kwargs)
+        self.encoder = _create(name, pretrained, kwargs, user_kwargs=set(timm_kwargs))
         self.name = name
-        self.channels: list[int] = list(self.encoder.feature_info.channels())
-        self.strides: list[int] = list(self.encoder.feature_info.reduction())
+        fmt = getattr(self.encoder, "output_fmt", "NCHW")
+        self.nhwc = str(getattr(fmt, "value", fmt)) == "NHWC"
+        channels = [int(c) for c in self.encoder.feature_info.channels()]
+        strides = [int(s) for s in self.encoder.feature_info.reduction()]
         mean, std = _normalization(self.encoder.pretrained_cfg, in_channels) if normalize else (None, None)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        self.channels_last_problem = _sidestep_onednn_1x1_stride_crash(self.encoder)
+
+        # A plain ViT: every feature at one stride. Its pyramid takes four blocks (or one, four times).
+        plain = len(set(strides)) == 1
+        if pyramid is None:
+            pyramid = plain and strides[0] > PYRAMID_STRIDES[0]
+        self.pyramid: SimplePyramid | None = None
+        self.pyramid_sources: list[int] = []
+        raw_channels = list(channels)  # what the encoder itself returns
+        if pyramid:
+            if not plain:
+                raise UnsupportedBackboneError(
+                    f"backbone.pyramid=true is for plain ViTs, whose features share one stride; \"{name}\" gives "
+                    f"strides {strides}. Fix: backbone.pyramid=null (or false) for this backbone."
+                )
+            blocks = self._pyramid_blocks(name, out_indices)
+            raw_channels = channels[:1] * len(blocks)
+            self.pyramid_sources = list(range(len(PYRAMID_STRIDES))) if len(blocks) > 1 else [0] * len(PYRAMID_STRIDES)
+            self.pyramid = SimplePyramid(channels[0], strides[0])
+            channels, strides = self.pyramid.channels, list(self.pyramid.strides)
+        self.channels: list[int] = channels
+        self.strides: list[int] = strides
+        self.in_channels = in_channels
+        # What the model needs of the input size: a multiple (1: any size) or one size it pads up to.
+        self.size_multiple, self.fixed_size = self._measure_size_rule(in_channels, raw_channels)
+        if self.size_multiple > 1 or self.fixed_size:
+            rule = (f"a multiple of {self.size_multiple}" if not self.fixed_size
+                    else f"exactly {self.fixed_size[0]}x{self.fixed_size[1]}")
+            log.info("Backbone %s takes images of %s: inputs are padded (bottom, right) and logits cropped back.",
+                     name, rule)
+
+    # -- construction helpers --------------------------------------------------------------------------------
+    def _pyramid_blocks(self, name: str, out_indices: Sequence[int] | None) -> list[int]:
+        """The blocks feeding the pyramid; timm's getter is told to return exactly those."""
+        depth = len(getattr(getattr(self.encoder, "model", None), "feature_info", []) or [])
+        if out_indices is None:
+            if not depth or not hasattr(self.encoder, "out_indices"):
+                raise UnsupportedBackboneError(
+                    f"Cannot tell the blocks of \"{name}\" to build its feature pyramid from. Fix: list them, "
+                    "e.g. backbone.out_indices=[2,5,8,11] (four blocks, shallow first, or one for all levels)."
+                )
+            blocks = evenly_spaced_blocks(depth)
+            self.encoder.out_indices = blocks  # the getter passes them to forward_intermediates
+        else:
+            blocks = [int(i) % depth if depth else int(i) for i in out_indices]
+        if len(blocks) not in (1, len(PYRAMID_STRIDES)) or blocks != sorted(blocks):
+            raise UnsupportedBackboneError(
+                f"backbone.out_indices={list(out_indices or blocks)}: a plain ViT's pyramid takes "
+                f"{len(PYRAMID_STRIDES)} blocks, shallow first (one per stride {list(PYRAMID_STRIDES)}), or one "
+                f"block for every level. Fix: e.g. backbone.out_indices={evenly_spaced_blocks(depth or 12)} or "
+                "backbone.out_indices=null (evenly spaced)."
+            )
+        return blocks
+
+    def _measure_size_rule(self, in_channels: int, channels: list[int]) -> tuple[int, tuple[int, int] | None]:
+        """Find, with forward passes of zeros, the smallest input multiple the encoder takes (or its one size).
+
+        Candidates: any size; the patch size; the deepest stride; the deepest stride times each window size
+        (windowed attention partitions every stage); the model's fixed image size. Each is tried at a
+        non-square size that is not a multiple of anything larger."""
+        reduction = max(int(s) for s in self.encoder.feature_info.reduction())
+        patches, windows, fixed = set(), set(), None
+        for module in self.encoder.modules():
+            for attr in ("window_size", "partition_size", "grid_size"):
+                value = getattr(module, attr, None)
+                if isinstance(value, int) or (isinstance(value, (tuple, list)) and value and
+                                              all(isinstance(v, int) for v in value)):
+                    windows.add(max(value) if isinstance(value, (tuple, list)) else value)
+            patch = getattr(module, "patch_size", None)
+            if isinstance(patch, (int, tuple, list)) and patch:
+                patches.add(int(max(patch) if isinstance(patch, (tuple, list)) else patch))
+            img_size = getattr(module, "img_size", None)
+            if getattr(module, "strict_img_size", False) and isinstance(img_size, (tuple, list)) and fixed is None:
+                fixed = (int(img_size[0]), int(img_size[1]))
+        multiples = sorted({1, reduction, *patches, *(reduction * w for w in windows if 1 < w <= 64)})
+        errors = []
+        training = self.encoder.training
+        self.encoder.eval()
+        try:
+            for m in multiples:
+                if m <= reduction:
+                    size = (_ceil_to(2 * reduction + 3, m), _ceil_to(3 * reduction + 5, m))
+                else:
+                    size = (m, 2 * m)
+                error = self._probe(size, in_channels, channels)
+                if error is None:
+                    return m, None
+                errors.append(f"{size[0]}x{size[1]} (multiple of {m}): {error}")
+            if fixed is not None:
+                error = self._probe(fixed, in_channels, channels)
+                if error is None:
+                    log.warning(
+                        "Backbone %s takes only %dx%d images: smaller ones are padded up to it, larger ones fail. "
+                        "Give timm another size with backbone.img_size=[H,W] if your crops or windows are larger.",
+                        self.name, *fixed)
+                    return 1, fixed
+                errors.append(f"{fixed[0]}x{fixed[1]} (its own size): {error}")
+        finally:
+            self.encoder.train(training)
+        tried = "\n  ".join(errors)
+        raise UnsupportedBackboneError(
+            f"Backbone \"{self.name}\" fails on every input size tried, so it cannot serve as an encoder here:\n  "
+            f"{tried}\nFix: choose another timm backbone (CNNs, ConvNeXt, Swin, PVTv2, plain ViTs and most "
+            "hierarchical transformers work), or give timm the size the model needs, e.g. backbone.img_size=[H,W] "
+            "(a key timm takes), with crops and inference windows of that size."
+        )
+
+    def _probe(self, size: tuple[int, int], in_channels: int, channels: list[int]) -> str | None:
+        """None when the encoder returns maps of the announced `channels` for an image of zeros of `size`."""
+        try:
+            with torch.no_grad():
+                features = self._encode(torch.zeros(1, in_channels, *size))
+        except Exception as err:  # noqa: BLE001 - any failure means: not this size
+            return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+        got = [int(f.shape[1]) for f in features]
+        if got != channels:
+            return f"returned maps of {got} channels, announced {channels}"
+        return None
+
+    # -- forward -----------------------------------------------------------------------------------------------
+    def padded_size(self, size: Sequence[int]) -> tuple[int, int]:
+        """The size images of `size` are padded to before they enter the encoder."""
+        h, w = size[0], size[1]
+        if self.fixed_size is not None:
+            fh, fw = self.fixed_size
+            if torch.compiler.is_exporting():
+                torch._check(h <= fh)
+                torch._check(w <= fw)
+            elif h > fh or w > fw:
+                raise ValueError(
+                    f"Backbone \"{self.name}\" takes images of at most {fh}x{fw} (it has one fixed size); got "
+                    f"{h}x{w}. Fix: crops of at most that size (data.crop_size) and inference=slide with windows of "
+                    f"it, or backbone.img_size=[H,W] to build it for larger images."
+                )
+            return fh, fw
+        m = self.size_multiple
+        return (h + m - 1) // m * m, (w + m - 1) // m * m
+
+    @property
+    def pads(self) -> bool:
+        return self.size_multiple > 1 or self.fixed_size is not None
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = self.encoder(x)
+        if self.nhwc:  # timm's channels-last features (Swin): the same memory, seen as (B, C, H, W)
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return list(features)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.mean is not None:
             x = (x - self.mean) / self.std
-        return self.encoder(x)
+        size = (x.shape[-2], x.shape[-1])
+        if self.pads:  # after normalisation: the padding is the mean colour
+            ph, pw = self.padded_size(size)
+            x = F.pad(x, (0, pw - size[1], 0, ph - size[0]))
+            size = (ph, pw)
+        features = self._encode(x)
+        if self.pyramid is not None:
+            features = self.pyramid([features[i] for i in self.pyramid_sources], size)
+        return features
 
 
-def _create(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _create(name: str, pretrained: bool, kwargs: dict, user_kwargs: set[str] = frozenset()) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        # A model of a flexible family that does not take one of the size arguments: build it without them
+        # (the size rule measured afterwards pads what it needs).
+        dropped = {k for k in flexible_kwargs(name) if k not in user_kwargs and f"'{k}'" in str(err)}
+        if not dropped:
+            raise
+        return _create(name, pretrained, {k: v for k, v in kwargs.items() if k not in dropped}, user_kwargs)
     except (OSError, ConnectionError) as err:
         if not pretrained or "pretrained_cfg_overlay" in kwargs:
             raise
@@ -93,10 +307,47 @@ def _create(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
     except RuntimeError as err:
         if "features_only" not in str(err):
             raise
-        raise ValueError(
+        raise UnsupportedBackboneError(
             f"timm model '{name}' cannot return intermediate features (features_only). "
-            "Fix: choose a CNN or hierarchical backbone such as resnet*, efficientnet_b*, convnext*."
+            "Fix: choose a CNN, a hierarchical transformer or a ViT, such as resnet*, convnext*, swin*, pvt_v2*, "
+            "vit_*."
         ) from err
+
+
+def _sidestep_onednn_1x1_stride_crash(encoder: nn.Module) -> str | None:
+    """Rewrite the convolutions that crash oneDNN under channels-last; the reason when one cannot be.
+
+    oneDNN (PyTorch 2.14's CPU convolutions) writes out of bounds computing the weight gradient of a 1x1
+    convolution with stride 2 and fewer than 16 input channels on channels-last tensors: the process dies in
+    backward ("corrupted double-linked list", a segmentation fault). Reparameterisable models have such a
+    branch in their stem (FastViT's and MobileOne's `conv_scale` on the RGB image). A 1x1 convolution with
+    stride s equals the same convolution with stride 1 on every s-th pixel, so these take their input
+    subsampled (a forward pre-hook) and stride 1: the same weights, the same function, no crash.
+    """
+    problems = []
+    for name, conv in encoder.named_modules():
+        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride != (1, 1)
+                and conv.groups == 1 and conv.in_channels < 16):
+            continue
+        padding = (0, 0) if isinstance(conv.padding, str) else tuple(conv.padding)
+        if conv.padding_mode != "zeros":
+            problems.append(name)
+            continue
+        conv.segkit_input_step = (tuple(conv.stride), padding)
+        conv.stride, conv.padding = (1, 1), (0, 0)
+        conv.register_forward_pre_hook(_subsample_input)
+    if problems:
+        return (f"the 1x1 stride-2 convolutions {problems} crash oneDNN in backward on channels-last tensors "
+                "(PyTorch 2.14, CPU) and could not be rewritten")
+    return None
+
+
+def _subsample_input(conv: nn.Module, args: tuple) -> tuple:
+    (sh, sw), (ph, pw) = conv.segkit_input_step
+    x = args[0]
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    return (x[..., ::sh, ::sw], *args[1:])
 
 
 def _normalization(pretrained_cfg: dict, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,9 @@ from segkit.models.backbone import Backbone
 
 class SegmentationModel(nn.Module):
     """Subclasses build `self.decoder` from `self.backbone.channels/strides`; it maps
-    `(features, input_size)` to logits of exactly `input_size`."""
+    `(features, input_size)` to logits of exactly `input_size`. Images a backbone must pad (to a multiple of
+    a window, say) are decoded at the padded size and the logits cropped, so every model returns
+    `(B, num_classes, H, W)` for any H, W."""
 
     decoder: nn.Module
 
@@ -28,4 +30,14 @@ class SegmentationModel(nn.Module):
                 f"Expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}. "
                 "Fix: make data.in_channels match the images."
             )
-        return self.decoder(self.backbone(images), tuple(images.shape[-2:]))
+        h, w = images.shape[-2], images.shape[-1]
+        features = self.backbone(images)
+        if not self.backbone.pads:
+            return self.decoder(features, (h, w))
+        # The backbone padded the images to a size it takes (bottom and right): decode that, crop it back.
+        return self.decoder(features, self.backbone.padded_size((h, w)))[..., :h, :w]
+
+    @property
+    def channels_last_problem(self) -> str | None:
+        """Why this network must not run in channels-last memory format (None: it may)."""
+        return self.backbone.channels_last_problem

@@ -8,12 +8,44 @@ from torch import nn
 from segkit.models.base import SegmentationModel
 from segkit.models.layers import ConvBNReLU, Upsample
 
-VARIANTS = {"32s": 1, "16s": 2, "8s": 3}  # how many of the deepest feature levels are scored
+VARIANTS = ("32s", "16s", "8s")  # FCN-Ns: the finest stride whose scores are fused is N
+
+
+def fused_strides(variant: str, strides: list[int]) -> list[int]:
+    """The strides FCN-`variant` scores, deepest first: 8s on a stride-32 backbone is [32, 16, 8].
+
+    Taken from the backbone's real strides: a variant whose strides the backbone does not give (8s on a
+    backbone whose features are all at stride 16) is refused instead of summing maps of one stride."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown FCN variant '{variant}'. Fix: use one of {list(VARIANTS)}.")
+    finest, deepest = int(variant[:-1]), strides[-1]
+    chain = _halvings(deepest, finest)
+    missing = [s for s in chain[1:] if s not in strides]
+    if chain and not missing:
+        return chain
+    possible = [v for v in VARIANTS if (c := _halvings(deepest, int(v[:-1]))) and all(s in strides for s in c[1:])]
+    why = f"it has no stride-{missing[0]} features" if chain else f"its deepest stride is {deepest}"
+    fix = (f"model.variant={possible[-1]} for this backbone" if possible else
+           "a backbone with features at strides 8, 16 and 32")
+    if len(set(strides)) == 1:
+        fix += ", or, for a plain ViT, backbone.pyramid=null (its default), which gives strides 4, 8, 16 and 32"
+    raise ValueError(
+        f"FCN-{variant} fuses the scores of every stride from the deepest down to {finest}, but the backbone gives "
+        f"strides {strides}: {why}. Fix: {fix}."
+    )
+
+
+def _halvings(deepest: int, finest: int) -> list[int]:
+    """[deepest, deepest / 2, ..., finest], or [] when finest is not deepest / 2**k."""
+    chain = [deepest]
+    while chain[-1] > finest and chain[-1] % 2 == 0:
+        chain.append(chain[-1] // 2)
+    return chain if chain[-1] == finest else []
 
 
 class FCNDecoder(nn.Module):
-    """`32s` scores the deepest map only; `16s` and `8s` add scores of the next one or two shallower
-    maps after a 2x upsampling, as in the paper's skip architecture."""
+    """`32s` scores the deepest map only; `16s` and `8s` add scores of the stride-16 and stride-8 maps after
+    a 2x upsampling, as in the paper's skip architecture. `fused_strides` says which strides are fused."""
 
     def __init__(
         self,
@@ -26,31 +58,24 @@ class FCNDecoder(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"Unknown FCN variant '{variant}'. Fix: use one of {list(VARIANTS)}.")
-        levels = VARIANTS[variant]
-        if len(channels) < levels:
-            raise ValueError(f"FCN-{variant} needs {levels} feature levels; the backbone gives {len(channels)}.")
-        self.levels = levels
+        self.fused_strides = fused_strides(variant, list(strides))
+        # The last feature at each stride is the one scored (as the UNet takes its skips).
+        index = {stride: i for i, stride in enumerate(strides)}
+        self.skip_index = [index[s] for s in self.fused_strides[1:]]
         self.head = nn.Sequential(ConvBNReLU(channels[-1], head_channels), nn.Dropout2d(dropout))
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
         # Skip scorers and 2x upsamplers, deepest skip first.
-        self.skip_scores = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in channels[-levels:-1][::-1])
-        # Skips start silent: training begins from the coarse prediction, as in the paper.
-        for score in self.skip_scores:
+        self.skip_scores = nn.ModuleList(nn.Conv2d(channels[i], num_classes, 1) for i in self.skip_index)
+        for score in self.skip_scores:  # skips start silent: training begins from the coarse prediction, as in the paper
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
-        skip_strides = strides[-levels:][::-1]
-        self.skip_up = nn.ModuleList(
-            Upsample(num_classes, deeper // shallower, upsample)
-            for deeper, shallower in zip(skip_strides[:-1], skip_strides[1:])
-        )
-        self.final_up = Upsample(num_classes, skip_strides[-1], upsample, depthwise=True)
+        self.skip_up = nn.ModuleList(Upsample(num_classes, 2, upsample) for _ in self.skip_index)
+        self.final_up = Upsample(num_classes, self.fused_strides[-1], upsample, depthwise=True)
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        deep_first = features[::-1]
-        logits = self.classifier(self.head(deep_first[0]))
-        for skip, score, up in zip(deep_first[1 : self.levels], self.skip_scores, self.skip_up):
+        logits = self.classifier(self.head(features[-1]))
+        for index, score, up in zip(self.skip_index, self.skip_scores, self.skip_up):
+            skip = features[index]
             logits = up(logits, skip.shape[-2:]) + score(skip)
         return self.final_up(logits, size)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,52 @@ def fit_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if h >= size[0] and w >= size[1]:
         return x[..., : size[0], : size[1]]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def upsample_by(x: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of a stride-s map by `factor` (s / the target's stride), cropped to `size`.
+
+    Scaling by the exact factor keeps every level aligned with the image (a map at stride s covers
+    s * ceil(H / s) >= H pixels, padding at the bottom and right); interpolating straight to `size` would
+    stretch that overhang over the image.
+    """
+    if factor != 1:
+        x = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    return fit_to(x, size)
+
+
+def stride_ratio(deeper: int, shallower: int) -> int:
+    """The integer upsampling factor between two feature strides."""
+    if deeper % shallower:
+        raise ValueError(
+            f"Feature strides {shallower} and {deeper} are not integer multiples of each other; the decoders fuse "
+            "maps whose strides double (4, 8, 16, 32). Fix: for a plain ViT keep backbone.pyramid on (the default), "
+            "or choose backbone.out_indices whose strides are powers of two."
+        )
+    return deeper // shallower
+
+
+def ceil_div(size: Sequence[int], stride: int) -> tuple[int, int]:
+    """The size of a stride-`stride` map of an image of `size`."""
+    return (-(-size[0] // stride), -(-size[1] // stride))
+
+
+def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """`F.adaptive_avg_pool2d(x, bins)` (the same bins, the same values) as two products with averaging
+    matrices: exported graphs keep H and W symbolic, and ONNX's rendering of adaptive pooling fails at sizes
+    it did not see (a 2x2 map pooled to 6x6 bins, say)."""
+    h, w = x.shape[-2], x.shape[-1]
+    return _bin_matrix(h, bins, x) @ x @ _bin_matrix(w, bins, x).transpose(0, 1)
+
+
+def _bin_matrix(n, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """(bins, n): row i averages [floor(i n / bins), ceil((i + 1) n / bins)), PyTorch's adaptive bins."""
+    i = torch.arange(bins, device=like.device).unsqueeze(1)
+    j = torch.arange(n, device=like.device).unsqueeze(0)
+    start = torch.div(i * n, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * n + bins - 1, bins, rounding_mode="floor")
+    inside = ((j >= start) & (j < end)).to(like.dtype)
+    return inside / inside.sum(dim=1, keepdim=True)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -84,5 +131,9 @@ def _bilinear_kernel(channels: int, factor: int, groups: int) -> torch.Tensor:
 def log2_int(value: int) -> int:
     exponent = round(math.log2(value))
     if 2**exponent != value:
-        raise ValueError(f"Backbone stride {value} is not a power of two; the decoders need strides 2, 4, 8, ...")
+        raise ValueError(
+            f"Backbone stride {value} is not a power of two; the UNet and FCN decoders need strides 2, 4, 8, ... "
+            "Fix: for a plain ViT (one stride, such as 14) keep backbone.pyramid on (the default), which resamples "
+            "its features to strides 4, 8, 16 and 32."
+        )
     return exponent

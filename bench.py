@@ -1,0 +1,27 @@
+"""Throughput and memory of the composed model, or of its data loading (see conf/bench.yaml):
+
+    python bench.py [model=unet backbone=efficientnet_b0 batch_sizes=[8,16] precisions=[32-true,bf16-mixed]]
+    python bench.py target=data data=membrane data.root=... workers=[0,2,4]
+
+Prints a table (every figure as the median over `repeats`, with its min-max) and writes bench.json to the run
+directory; warns when the spread of the repeats is larger than the effect being measured.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from segkit.config_checks import check_overrides
+from segkit.hydra_setup import register_resolvers
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    from segkit.bench.run import run  # torch and Lightning load after the config checks
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    register_resolvers()
+    check_overrides("bench")  # a misspelled key fails here, before Hydra composes
+    main()

@@ -1,0 +1,105 @@
+"""What a training run says while it runs: one line per epoch in the log (terminal or not), known noise silenced
+at its source, and at the end where everything went and what to run next."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger("segkit")
+
+# Messages that say nothing about the run, by the logger that prints them and how they start.
+NOISE = {
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),  # advertising, printed by every Trainer
+}
+
+
+class DropMessages(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_known_noise() -> None:
+    """Silence what repeats or advertises, nothing else: real warnings still show."""
+    for name, starts in NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMessages) for f in logger.filters):
+            logger.addFilter(DropMessages(starts))
+    # The worker count is the config's (data.num_workers): Lightning's advice repeats it for every loader.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _value(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return float(value) if isinstance(value, (int, float, torch.Tensor)) else None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class EpochLine(L.Callback):
+    """`epoch 3/8  train loss 0.512  val loss 0.601  val mIoU 0.412  best 0.430  58 s  ETA 4 min 50 s`, through
+    logging, so it reaches `train.log` and redirected output, where a progress bar leaves only its last frame."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._resumed_epochs = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._resumed_epochs = trainer.current_epoch  # a resumed run's ETA counts only what this process trains
+        self._fit_started = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        epoch, total = trainer.current_epoch + 1, trainer.max_epochs
+        parts = [f"epoch {epoch}/{total}" if total and total > 0 else f"epoch {epoch}"]
+        mean = getattr(pl_module, "train_loss_mean", None)  # the module logs it after this hook
+        if mean is not None and mean.update_called:
+            parts.append(f"train loss {float(mean.compute()):.4f}")
+        for key, label in (("val/loss", "val loss"), ("val/mIoU", "val mIoU"), ("val/mIoU_best", "best")):
+            value = _value(metrics, key)
+            if value is not None:
+                parts.append(f"{label} {value:.4f}")
+        parts.append(_duration(time.monotonic() - self._started))
+        done = epoch - self._resumed_epochs
+        if total and total > 0 and done > 0 and epoch < total:
+            per_epoch = (time.monotonic() - self._fit_started) / done
+            parts.append(f"ETA {_duration(per_epoch * (total - epoch))}")
+        log.info("  ".join(parts))
+
+
+def closing_lines(output_dir: Path, best_checkpoint: str, loggers: list[Any]) -> list[str]:
+    """Where the run went, and the commands that show it."""
+    lines = [f"Run directory:   {output_dir}"]
+    if best_checkpoint:
+        lines.append(f"Best checkpoint: {best_checkpoint}")
+    names = {type(logger).__name__ for logger in loggers}
+    if "TensorBoardLogger" in names:
+        lines.append(f"Dashboard:       make dashboard  (or: tensorboard --logdir {output_dir})")
+    offline = sorted((output_dir / "wandb").glob("offline-run-*"))
+    if offline:
+        lines.append(f"W&B (offline):   wandb sync {offline[-1]}")
+    return lines
