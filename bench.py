@@ -2,6 +2,7 @@
 
     python bench.py [model=unet backbone=efficientnet_b0 batch_sizes=[8,16] precisions=[32-true,bf16-mixed]]
     python bench.py target=data data=membrane data.root=... workers=[0,2,4]
+    python bench.py target=gpu    # `make bench-gpu`: the first-GPU suite (conf/bench.yaml `gpu`); exits 0 without CUDA
 
 Prints a table (every figure as the median over `repeats`, with its min-max) and writes bench.json to the run
 directory; warns when the spread of the repeats is larger than the effect being measured.

@@ -9,9 +9,10 @@ from segkit.hydra_setup import register_resolvers
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    from segkit.device_checks import check_devices
     from segkit.tasks.evaluate import evaluate  # Lightning and the models load after the config checks
 
-    evaluate(validate(cfg, "evaluate"))
+    evaluate(check_devices(validate(cfg, "evaluate")))  # a GPU trainer without a GPU fails here, in seconds
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from segkit.hydra_setup import register_resolvers
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    from segkit.device_checks import check_devices
     from segkit.tasks.predict import UnreadableInputs, predict  # Lightning and the models load after the checks
 
     try:
-        predict(validate(cfg, "predict"))
+        predict(check_devices(validate(cfg, "predict")))  # a GPU trainer without a GPU fails here, in seconds
     except UnreadableInputs as err:  # every other mask is written; list the inputs that were not, exit 1
         sys.exit(str(err))
 

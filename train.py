@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from segkit.config_checks import check_overrides
+from segkit.hydra_setup import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -16,5 +17,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_resolvers()
     check_overrides("train")  # a misspelled key fails here, before Hydra composes
     main()

@@ -196,7 +196,7 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
         assert protobuf_string(f"model={model}") in records and protobuf_string("debug") in records  # debug=fast tags it
     assert models == ["segkit.models.FCN", "segkit.models.UNet"]
     # The sweep summary reads it back: a row per job, best first, with what was swept.
-    proc = run_script("-m", "segkit.sweeps", str(sweep_dir), cwd=tmp_path)
+    proc = run_script(str(ROOT / "summarize_sweep.py"), str(sweep_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(sweep_dir / "summary.csv") as f:
         rows = list(csv.DictReader(f))

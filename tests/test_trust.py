@@ -254,12 +254,10 @@ def test_a_users_package_is_trusted_by_the_command_never_by_the_checkpoint(train
     train_cfg = tiny_train_config(tmp_path / "train", "loss=ce", f"loss._target_={user_package}.MyLoss",
                                   f"trusted_modules=[{user_package}]")
     check_targets(train_cfg, source="the train config", trusted=train_cfg.trusted_modules)
+    plain = {k: OmegaConf.to_container(train_cfg[k], resolve=True) for k in ("model", "loss", "optimizer", "data")}
     with pytest.raises(UntrustedTargetError, match="the SegmentationModule hyperparameters"):
-        build_module(train_cfg)  # the module, too, trusts only what it is given
-    module = SegmentationModule(
-        **{k: OmegaConf.to_container(train_cfg[k], resolve=True) for k in ("model", "loss", "optimizer", "data")},
-        trusted_modules=train_cfg.trusted_modules,
-    )
+        SegmentationModule(**plain)  # the module, too, trusts only what it is given
+    module = build_module(train_cfg)  # the train task passes on the command's trust
     assert type(module.criterion).__name__ == "MyLoss" and "trusted_modules" not in module.hparams
 
 

@@ -195,8 +195,9 @@ def _check_data(data: DictConfig, prefix: str, errors: list[str]) -> None:
            "a whole number >= 1 (images per training batch)")
     _check(data, prefix, "eval_batch_size", errors, _int(minimum=1, none=True), f"{prefix}.eval_batch_size=1",
            "null (the batch size) or a whole number >= 1")
-    _check(data, prefix, "num_workers", errors, _int(minimum=0), f"{prefix}.num_workers=2",
-           "a whole number >= 0 (DataLoader worker processes; 0 reads in the main process)")
+    _check(data, prefix, "num_workers", errors, _auto_or(_int(minimum=0)), f"{prefix}.num_workers=auto",
+           "auto (follows the machine's CPUs) or a whole number >= 0 (DataLoader worker processes; 0 reads in the "
+           "main process)")
     for key in SIZE_KEYS:
         _check(data, prefix, key, errors, _size(), f"{prefix}.{key}=[256,256]",
                "two whole numbers >= 1 (H, W), or one for a square")
@@ -355,6 +356,15 @@ def _int(minimum: int | None = None, none: bool = False, also: tuple[int, ...] =
         return number
 
     return rule
+
+
+def _auto_or(rule: Rule) -> Rule:
+    """`auto` (kept as it is: resolved where the value is used, on the machine that runs it), else `rule`."""
+
+    def either(value: Any) -> Any:
+        return value if isinstance(value, str) and value.strip() == "auto" else rule(value)
+
+    return either
 
 
 def _number(minimum: float, strict: bool = False) -> Rule:

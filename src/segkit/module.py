@@ -121,7 +121,7 @@ class SegmentationModule(L.LightningModule):
         if loss is None:
             return loss, preds
         if split == "train":
-            self.log("train/loss_step", loss, prog_bar=True)
+            self.log("train/loss_step", loss)  # not on the progress bar: its refresh would read it back every step
             self.train_loss_mean.update(loss.detach(), images.shape[0])
         else:
             self.log(f"{split}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=images.shape[0])

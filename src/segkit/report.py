@@ -33,8 +33,9 @@ def build_report(confmat: torch.Tensor, class_names: Sequence[str]) -> dict[str,
     return {"summary": summary, "per_class": per_class, "confusion_matrix": confmat.long().tolist()}
 
 
-def print_report(report: dict[str, Any], title: str) -> None:
-    console = Console(width=max(Console().width, 100))
+def print_report(report: dict[str, Any], title: str) -> str:
+    """Prints the report's tables; returns them as plain text (for the log file)."""
+    console = Console(width=max(Console().width, 100), record=True)
     console.print(title)
     summary = Table(title="Summary (%)")
     for key in report["summary"]:
@@ -48,6 +49,7 @@ def print_report(report: dict[str, Any], title: str) -> None:
     for row in report["per_class"]:
         classes.add_row(row["class"], *(_percent(row[k]) for k in PER_CLASS), f"{row['pixels']:,}")
     console.print(classes)
+    return console.export_text()
 
 
 def _percent(value: float) -> str:

@@ -117,9 +117,15 @@ def render(rows: list[dict], columns: dict[str, str], title: str) -> Table:
 
 
 def run(cfg: DictConfig) -> list[dict]:
-    """Measures, prints the table and its warnings, writes bench.json; returns the rows (see `summarize`)."""
+    """Measures, prints the table and its warnings, writes bench.json; returns the rows (see `summarize`).
+    target=gpu runs the first-GPU suite instead (segkit.bench.gpu; no rows without CUDA)."""
+    if cfg.target == "gpu":
+        from segkit.bench.gpu import run_suite
+
+        report = run_suite(cfg)
+        return report["rows"] if report else []
     if cfg.target not in COLUMNS:
-        raise ValueError(f"target={cfg.target!r} is not one of {list(COLUMNS)}.")
+        raise ValueError(f"target={cfg.target!r} is not one of {[*COLUMNS, 'gpu']}.")
     output_dir = Path(cfg.paths.output_dir)
     rows = summarize(bench_model(cfg, output_dir) if cfg.target == "model" else bench_loading(cfg), cfg.target)
     if cfg.target == "model":

@@ -43,7 +43,7 @@ class SegDataModule(L.LightningDataModule):
         ignore_index: int = 255,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool | None = None,
         crop_size: Sequence[int] | None = None,
     ) -> None:
@@ -61,8 +61,12 @@ class SegDataModule(L.LightningDataModule):
         self.ignore_index = ignore_index
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        from segkit.device_checks import default_pin_memory, resolve_num_workers
+
+        # "auto": the machine's usable CPUs split between its training processes (segkit.device_checks); batches
+        # in pinned memory when training on a CUDA GPU, copied with non_blocking=True (Lightning's batch_to_device).
+        self.num_workers = resolve_num_workers(num_workers)
+        self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory
         self.crop_size = list(crop_size) if crop_size else None
         self.datasets: dict[str, Dataset] = {}
         # Set by train.py from its `test` key: fitting then sets up (and verifies) the test split too, so a missing

@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 FLEXIBLE_KWARGS: dict[str, dict[str, Any]] = {
     **dict.fromkeys(
         ("vision_transformer", "deit", "eva", "vision_transformer_hybrid"),
-        {"dynamic_img_size": True, "dynamic_img_pad": True},
+        # Not dynamic_img_pad: the images are padded to the patch size here, where the exported graph's sizes
+        # stay in the floor-division terms every other layer uses (timm's padding computes the token grid with
+        # math.ceil, whose terms torch.export cannot compare with them).
+        {"dynamic_img_size": True},
     ),
     **dict.fromkeys(
         ("swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr", "vision_transformer_sam"),
@@ -144,11 +147,17 @@ class Backbone(nn.Module):
         self.in_channels = in_channels
         # What the model needs of the input size: a multiple (1: any size) or one size it pads up to.
         self.size_multiple, self.fixed_size = self._measure_size_rule(in_channels, raw_channels)
-        if self.size_multiple > 1 or self.fixed_size:
+        # Why the network cannot be exported for every image size (None: it can); export.py then fixes one.
+        self.dynamic_export_problem: str | None = None
+        if self.pads:
             rule = (f"a multiple of {self.size_multiple}" if not self.fixed_size
                     else f"exactly {self.fixed_size[0]}x{self.fixed_size[1]}")
             log.info("Backbone %s takes images of %s: inputs are padded (bottom, right) and logits cropped back.",
                      name, rule)
+            self.dynamic_export_problem = (
+                f"backbone {name} takes images of {rule} (they are padded, the logits cropped), which torch.export "
+                "cannot trace for symbolic sizes"
+            )
 
     # -- construction helpers --------------------------------------------------------------------------------
     def _pyramid_blocks(self, name: str, out_indices: Sequence[int] | None) -> list[int]:

@@ -41,3 +41,8 @@ class SegmentationModel(nn.Module):
     def channels_last_problem(self) -> str | None:
         """Why this network must not run in channels-last memory format (None: it may)."""
         return self.backbone.channels_last_problem
+
+    @property
+    def dynamic_export_problem(self) -> str | None:
+        """Why this network cannot be exported for every image size (None: it can)."""
+        return self.backbone.dynamic_export_problem

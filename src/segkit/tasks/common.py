@@ -67,6 +67,15 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
+def log_to_files(text: str, name: str = "segkit") -> None:
+    """`text` into the log files of the logging set-up (Hydra's `<task>.log` in the run directory), not to the
+    console, which has shown it already."""
+    record = logging.LogRecord(name, logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def print_table(title: str, metrics: Mapping[str, float]) -> None:
     width = max(len(k) for k in metrics) if metrics else 10
     lines = [title, "-" * (width + 12)]

@@ -9,10 +9,11 @@ from omegaconf import DictConfig, OmegaConf
 from segkit.atomic import write_json
 from segkit.callbacks import MaskWriter, PredictionTable
 from segkit.checkpoints import load_module
+from segkit.console import quiet_known_noise
 from segkit.inference import build_inference
 from segkit.module import SegmentationModule
 from segkit.report import build_report, print_report, write_report_files
-from segkit.tasks.common import build_trainer, finish_wandb, plain, split_metrics
+from segkit.tasks.common import build_trainer, finish_wandb, log_to_files, plain, split_metrics
 from segkit.trust import safe_instantiate
 
 SPLITS = ("val", "test")
@@ -28,6 +29,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     split = cfg.split
     if split not in SPLITS:
         raise ValueError(f"split='{split}' is not one of {SPLITS}.")
+    quiet_known_noise()
     trusted = cfg.get("trusted_modules") or ()
     module = load_module(cfg.ckpt_path, trusted=trusted)
     data_cfg = checkpoint_data(cfg, module)
@@ -50,8 +52,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         finish_wandb()
     report = build_report(module.last_confusion[split], datamodule.class_names)
     if trainer.is_global_zero:
-        print_report(report, f"{split} of {cfg.ckpt_path} ({module.inference})")
+        text = print_report(report, f"{split} of {cfg.ckpt_path} ({module.inference})")
         write_report_files(report, output_dir)
+        log_to_files(f"{text}Report: {output_dir}")  # evaluate.log holds what the console showed
         write_json(
             output_dir / "metrics.json",
             {"checkpoint": str(cfg.ckpt_path), "split": split, "inference": plain(cfg.inference),

@@ -22,22 +22,43 @@ from segkit.atomic import write_json
 from segkit.checkpoints import load_module
 
 FORMATS = ("onnx", "torch_export")
+log = logging.getLogger(__name__)
 
 
-def _dynamic_shapes() -> dict[str, dict[int, Any]]:
+def _dynamic_shapes(dynamic_size: bool = True) -> dict[str, dict[int, Any]]:
     # Exported graphs hold for images of more than 32 pixels a side (a stride-32 map of one pixel would be a
     # special case to the exporter).
     dim = torch.export.Dim
-    return {"images": {0: dim("batch", min=1, max=4096), 2: dim("height", min=33, max=16384),
-                       3: dim("width", min=33, max=16384)}}
+    shapes = {0: dim("batch", min=1, max=4096)}
+    if dynamic_size:
+        shapes |= {2: dim("height", min=33, max=16384), 3: dim("width", min=33, max=16384)}
+    return {"images": shapes}
 
 
-def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict) -> Path:
+def fixed_size(net: torch.nn.Module, cfg: DictConfig, data: dict) -> tuple[int, int] | None:
+    """The one image size to export `net` for, when it cannot be exported for every size (None: it can).
+
+    Networks whose backbone pads the images (Swin to a multiple of its patch, plain ViTs to theirs, windowed
+    models to their windows) say why in `dynamic_export_problem`. Their size: `image_size` of the command, else
+    the data's training crop (`crop_size`, or `image_size`), else 512 x 512."""
+    problem = getattr(net, "dynamic_export_problem", None)
+    if not problem:
+        return None
+    size = cfg.get("image_size") or data.get("crop_size") or data.get("image_size") or 512
+    size = [int(size)] * 2 if isinstance(size, (int, str)) else [int(v) for v in size]
+    log.warning("Exporting for %dx%d images only (any batch): %s. Another size: image_size=[H,W].",
+                size[0], size[1], problem)
+    return size[0], size[1]
+
+
+def export_onnx(
+    net: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict, dynamic_size: bool = True
+) -> Path:
     import onnx
 
     torch.onnx.export(
         net, (example,), path, input_names=["images"], output_names=["logits"], opset_version=opset,
-        dynamic_shapes=_dynamic_shapes(), dynamo=True, verbose=False, external_data=False,
+        dynamic_shapes=_dynamic_shapes(dynamic_size), dynamo=True, verbose=False, external_data=False,
     )
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in metadata.items()})
@@ -45,8 +66,8 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, opset: 
     return path
 
 
-def export_program(net: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
-    program = torch.export.export(net, (example,), dynamic_shapes=_dynamic_shapes())
+def export_program(net: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_size: bool = True) -> Path:
+    program = torch.export.export(net, (example,), dynamic_shapes=_dynamic_shapes(dynamic_size))
     torch.export.save(program, path)
     return path
 
@@ -95,20 +116,26 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     shapes = [list(map(int, s)) for s in cfg.check_shapes]
     # A batch of 2 at an odd size: an example of 1 (or of a multiple of 32) would be taken for a constant.
     example = torch.rand(2, in_channels, 67, 93)
+    fixed = fixed_size(net, cfg, data)
+    if fixed is not None:  # one size: the example and every check have it
+        example = torch.rand(2, in_channels, *fixed)
+        shapes = [[batch, *fixed] for batch, _, _ in shapes]
     metadata = {
         "class_names": list(data["class_names"]), "palette": data["palette"], "in_channels": in_channels,
         "ignore_index": data.get("ignore_index"), "checkpoint": str(cfg.ckpt_path),
-        "input": "images: float32 (B, C, H, W) in [0, 1]; normalisation is inside",
-        "output": "logits: float32 (B, num_classes, H, W); argmax over dim 1 gives class ids",
+        "input": f"images: float32 (B, C, {'H, W' if fixed is None else '%d, %d' % fixed}) in [0, 1]; normalisation "
+                 "is inside",
+        "output": f"logits: float32 (B, num_classes, {'H, W' if fixed is None else '%d, %d' % fixed}); argmax over "
+                  "dim 1 gives class ids",
     }
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {**metadata, "exports": {}}
     for fmt in cfg.formats:
         if fmt == "onnx":
-            path = export_onnx(net, example, output / "model.onnx", cfg.opset, metadata)
+            path = export_onnx(net, example, output / "model.onnx", cfg.opset, metadata, dynamic_size=fixed is None)
         else:
-            path = export_program(net, example, output / "model.pt2")
+            path = export_program(net, example, output / "model.pt2", dynamic_size=fixed is None)
         checks = check(net, runner(fmt, path), shapes, in_channels)
         worst = max(c["max_abs_diff"] for c in checks)
         summary["exports"][fmt] = {"path": str(path), "checks": checks, "max_abs_diff": worst}

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.config_checks import validate
+from segkit.device_checks import check_devices
 from segkit.console import EpochLine, closing_lines, quiet_known_noise
 from segkit.atomic import atomic_write_text, remove_leftovers, write_json
 from segkit.loggers import CSVLogger, read_rows
@@ -48,6 +49,7 @@ def trusted_modules(cfg: DictConfig) -> tuple[str, ...]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg, "train")  # values and targets checked before anything is written, read or called
+    check_devices(cfg)  # device settings this machine cannot run fail here, before W&B, data or model
     check_targets(cfg, source=TRAIN_SOURCE, trusted=trusted_modules(cfg))
     output_dir = Path(cfg.paths.output_dir)
     resume = plan_of_run(output_dir, cfg.paths.runs_dir, cfg.get("ckpt_path"))
