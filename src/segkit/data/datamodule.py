@@ -88,7 +88,7 @@ class SegDataModule(L.LightningDataModule):
         """Why `split` has no sample and what to do; datasets on disk name their folder and what they searched."""
         return (
             f"The {split} split of {type(self).__name__} is empty. Fix: check the data config "
-            f"(python -m segkit.data.check shows what it finds), or run with test=false if there is no test split."
+            f"(python check_data.py shows what it finds), or run with test=false if there is no test split."
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
