@@ -46,7 +46,7 @@ bench: setup
 bench-gpu: setup
 	$(PY) bench.py target=gpu $(ARGS)
 
-## A local dashboard of every run under logs/ (runs trained with logger=tensorboard): http://localhost:6006
+## TensorBoard over every run under logs/ (the default logger writes it; docs/dashboard.md): http://localhost:6006
 dashboard: setup
 	$(VENV)/bin/tensorboard --logdir logs --port 6006
 

@@ -96,7 +96,7 @@ def test_what_hydra_accepts_passes(argv):
     ("train", ["data=folder", "data.splts.test=0.1"], "Did you mean data.splits.test?"),
     ("train", ["tset=false"], "Unknown key tset. Did you mean test?"),
     ("train", ["experiment=membrane_unet", "data.mask_value=[0,255]"], "Did you mean data.mask_values?"),
-    ("train", ["callbacks.ema.decay=0.9"], "callbacks has no key ema (its keys: last_checkpoint, "),
+    ("train", ["callbacks.ema.decay=0.9"], "callbacks has no key ema (its keys: dashboard, last_checkpoint, "),
     ("evaluate", ["ckpt_path=x", "data_overrides.root=/x"],
      "Unknown key data_overrides.root: data_overrides holds no keys yet. Fix: add it with +data_overrides.root=/x."),
 ])

@@ -82,7 +82,7 @@ def test_a_stop_saves_mid_epoch_and_resumes_exactly(dataset, uninterrupted, tmp_
 
 
 def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninterrupted, tmp_path):
-    kill = ["+callbacks.interrupt._target_=interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=0"]
+    kill = ["+callbacks.interrupt._target_=interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=1"]
     proc = run_script(str(ROOT / "train.py"), *overrides(dataset), *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()

@@ -133,6 +133,8 @@ HPARAMS_METRICS = ("val/mIoU_best", "val/mIoU", "val/mDice", "val/pixel_acc", "v
 HPARAMS_GROUPS = ("data", "model", "backbone", "loss", "optimizer", "scheduler", "augment", "experiment")
 HPARAMS_VALUES = ("optimizer.lr", "optimizer.weight_decay", "data.batch_size", "trainer.max_epochs",
                   "trainer.max_time", "trainer.precision", "trainer.accumulate_grad_batches", "seed")
+# Ticked first in the HParams view (TensorBoard ticks five, by name), with the values the command line set.
+SHOWN_FIRST = {"model", "backbone", "data", "loss", "optimizer.lr"}
 # Overrides that say where or how a run is recorded, not what it trains.
 _NOT_HPARAMS = ("hydra", "paths", "logger", "callbacks", "ckpt_path", "trusted_modules", "tags", "task_name")
 
@@ -175,7 +177,9 @@ class DashboardSummaries(L.Callback):
         choices, overrides = hydra_record(Path(trainer.default_root_dir))
         for logger in loggers:
             config = dict(logger.hparams) or {k: v for k, v in pl_module.hparams.items()}
-            write_hparams(logger, run_hparams(config, choices, overrides), HPARAMS_METRICS)
+            params = run_hparams(config, choices, overrides)
+            set_here = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+            write_hparams(logger, params, HPARAMS_METRICS, first=[k for k in params if k in set_here | SHOWN_FIRST])
 
 
 def hydra_record(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
@@ -234,17 +238,25 @@ def run_hparams(config: dict[str, Any], choices: dict[str, Any], overrides: Sequ
     return {key: _hparam_value(value) for key, value in params.items()}
 
 
-def write_hparams(logger: TensorBoardLogger, params: dict[str, Any], metrics: Sequence[str]) -> None:
+def write_hparams(logger: TensorBoardLogger, params: dict[str, Any], metrics: Sequence[str],
+                  first: Sequence[str] = ()) -> None:
     """The HParams plugin's records (experiment, session start and end) in the logger's run. Unlike
     TensorBoardLogger.log_hyperparams(params, metrics), no metric value is logged again at step 0: the view reads
-    each metric's last value from the run's own scalars."""
+    each metric's last value from the run's own scalars. The hyperparameters named in `first` are marked as the
+    ones that differ between runs: TensorBoard lists those first, and shows the first five."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard.summary import hparams
 
+    experiment, start, end = hparams(params, dict.fromkeys(metrics, 0.0))
+    metadata = experiment.value[0].metadata.plugin_data
+    content = HParamsPluginData.FromString(metadata.content)
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in first
+    metadata.content = content.SerializeToString()
     writer = logger.experiment._get_file_writer()
-    for summary in hparams(params, dict.fromkeys(metrics, 0.0)):
+    for summary in (experiment, start, end):
         writer.add_summary(summary)
     writer.flush()
-
 
 class TimeBudget(L.Callback):
     """With a time limit (`trainer.max_time`: Lightning's Timer), sizes the learning-rate schedule to the time: at the

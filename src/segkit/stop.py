@@ -67,7 +67,9 @@ class StopAndSave(L.Callback):
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # Once saved and stopping, a later SIGTERM (a launcher passing the stop on) must not cut the exit short.
+            stopping = self.saved and signum == signal.SIGTERM
+            signal.signal(signum, signal.SIG_IGN if stopping else handler)
         self._previous = {}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import timm
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from timm.models import get_arch_name, is_model_in_modules
 from torch import nn
 
@@ -101,6 +102,8 @@ class Backbone(nn.Module):
     ) -> None:
         super().__init__()
         check_backbone_name(name)
+        # From a Hydra config the extra keys arrive as OmegaConf nodes; timm wants plain lists and numbers.
+        timm_kwargs = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in timm_kwargs.items()}
         kwargs = dict(features_only=True, in_chans=in_channels, **{**flexible_kwargs(name), **timm_kwargs})
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
@@ -138,8 +141,9 @@ class Backbone(nn.Module):
                     f"strides {strides}. Fix: backbone.pyramid=null (or false) for this backbone."
                 )
             blocks = self._pyramid_blocks(name, out_indices)
-            raw_channels = channels[:1] * len(blocks)
-            self.pyramid_sources = list(range(len(PYRAMID_STRIDES))) if len(blocks) > 1 else [0] * len(PYRAMID_STRIDES)
+            returned = sorted(set(blocks))  # what the getter returns: each block once, shallow first
+            raw_channels = channels[:1] * len(returned)
+            self.pyramid_sources = [returned.index(b) for b in blocks]
             self.pyramid = SimplePyramid(channels[0], strides[0])
             channels, strides = self.pyramid.channels, list(self.pyramid.strides)
         self.channels: list[int] = channels
@@ -147,6 +151,7 @@ class Backbone(nn.Module):
         self.in_channels = in_channels
         # What the model needs of the input size: a multiple (1: any size) or one size it pads up to.
         self.size_multiple, self.fixed_size = self._measure_size_rule(in_channels, raw_channels)
+        self.min_size = _ceil_to(max(int(s) for s in self.encoder.feature_info.reduction()), self.size_multiple)
         # Why the network cannot be exported for every image size (None: it can); export.py then fixes one.
         self.dynamic_export_problem: str | None = None
         if self.pads:
@@ -161,7 +166,7 @@ class Backbone(nn.Module):
 
     # -- construction helpers --------------------------------------------------------------------------------
     def _pyramid_blocks(self, name: str, out_indices: Sequence[int] | None) -> list[int]:
-        """The blocks feeding the pyramid; timm's getter is told to return exactly those."""
+        """The block feeding each pyramid level (shallow first); timm's getter is told to return those."""
         depth = len(getattr(getattr(self.encoder, "model", None), "feature_info", []) or [])
         if out_indices is None:
             if not depth or not hasattr(self.encoder, "out_indices"):
@@ -170,14 +175,18 @@ class Backbone(nn.Module):
                     "e.g. backbone.out_indices=[2,5,8,11] (four blocks, shallow first, or one for all levels)."
                 )
             blocks = evenly_spaced_blocks(depth)
-            self.encoder.out_indices = blocks  # the getter passes them to forward_intermediates
+            self.encoder.out_indices = sorted(set(blocks))  # the getter passes them to forward_intermediates
         else:
             blocks = [int(i) % depth if depth else int(i) for i in out_indices]
-        if len(blocks) not in (1, len(PYRAMID_STRIDES)) or blocks != sorted(blocks):
+            if len(blocks) == 1:
+                blocks = blocks * len(PYRAMID_STRIDES)
+            if hasattr(self.encoder, "out_indices"):
+                self.encoder.out_indices = sorted(set(blocks))
+        if len(blocks) != len(PYRAMID_STRIDES) or blocks != sorted(blocks):
             raise UnsupportedBackboneError(
                 f"backbone.out_indices={list(out_indices or blocks)}: a plain ViT's pyramid takes "
                 f"{len(PYRAMID_STRIDES)} blocks, shallow first (one per stride {list(PYRAMID_STRIDES)}), or one "
-                f"block for every level. Fix: e.g. backbone.out_indices={evenly_spaced_blocks(depth or 12)} or "
+                f"block for every level. Fix: e.g. backbone.out_indices={evenly_spaced_blocks(depth or 12)}, or "
                 "backbone.out_indices=null (evenly spaced)."
             )
         return blocks
@@ -203,6 +212,9 @@ class Backbone(nn.Module):
             if getattr(module, "strict_img_size", False) and isinstance(img_size, (tuple, list)) and fixed is None:
                 fixed = (int(img_size[0]), int(img_size[1]))
         multiples = sorted({1, reduction, *patches, *(reduction * w for w in windows if 1 < w <= 64)})
+        if fixed is None:  # models built for one size without saying so (attention biases, position tables)
+            input_size = (getattr(self.encoder, "pretrained_cfg", None) or {}).get("input_size")
+            fixed = (int(input_size[-2]), int(input_size[-1])) if input_size and len(input_size) == 3 else None
         errors = []
         training = self.encoder.training
         self.encoder.eval()
@@ -264,10 +276,17 @@ class Backbone(nn.Module):
                 )
             return fh, fw
         m = self.size_multiple
-        return (h + m - 1) // m * m, (w + m - 1) // m * m
+        if m > 1:
+            h, w = (h + m - 1) // m * m, (w + m - 1) // m * m
+        if torch.compiler.is_exporting():  # exported graphs take images of more than 32 pixels a side
+            return h, w
+        # Tiny images (a side under the deepest stride) are padded up to it: kernels larger than the last maps
+        # (ConvNeXt's, PVT's downsampling) and training batch norms would fail on them.
+        return max(h, self.min_size), max(w, self.min_size)
 
     @property
     def pads(self) -> bool:
+        """Whether every image is padded to a size the model takes (beyond the tiny-image minimum)."""
         return self.size_multiple > 1 or self.fixed_size is not None
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -280,10 +299,10 @@ class Backbone(nn.Module):
         if self.mean is not None:
             x = (x - self.mean) / self.std
         size = (x.shape[-2], x.shape[-1])
-        if self.pads:  # after normalisation: the padding is the mean colour
-            ph, pw = self.padded_size(size)
-            x = F.pad(x, (0, pw - size[1], 0, ph - size[0]))
-            size = (ph, pw)
+        padded = self.padded_size(size)
+        if padded != size:  # after normalisation: the padding is the mean colour
+            x = F.pad(x, (0, padded[1] - size[1], 0, padded[0] - size[0]))
+            size = padded
         features = self._encode(x)
         if self.pyramid is not None:
             features = self.pyramid([features[i] for i in self.pyramid_sources], size)
@@ -304,6 +323,12 @@ def _create(name: str, pretrained: bool, kwargs: dict, user_kwargs: set[str] = f
         if not dropped:
             raise
         return _create(name, pretrained, {k: v for k, v in kwargs.items() if k not in dropped}, user_kwargs)
+    except AssertionError as err:
+        # timm's default for ViT-style models is their last 3 blocks; a model with fewer (a small `depth`) takes
+        # its last one, and the pyramid picks its blocks afterwards.
+        if "out_indices" in kwargs or "out of range" not in str(err):
+            raise
+        return _create(name, pretrained, {**kwargs, "out_indices": 1}, user_kwargs)
     except (OSError, ConnectionError) as err:
         if not pretrained or "pretrained_cfg_overlay" in kwargs:
             raise

@@ -30,12 +30,11 @@ class SegmentationModel(nn.Module):
                 f"Expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}. "
                 "Fix: make data.in_channels match the images."
             )
-        h, w = images.shape[-2], images.shape[-1]
-        features = self.backbone(images)
-        if not self.backbone.pads:
-            return self.decoder(features, (h, w))
-        # The backbone padded the images to a size it takes (bottom and right): decode that, crop it back.
-        return self.decoder(features, self.backbone.padded_size((h, w)))[..., :h, :w]
+        size = (images.shape[-2], images.shape[-1])
+        # The backbone pads images (bottom and right) to a size it takes: decode that size, crop it back.
+        padded = self.backbone.padded_size(size)
+        logits = self.decoder(self.backbone(images), padded)
+        return logits if padded == size else logits[..., : size[0], : size[1]]
 
     @property
     def channels_last_problem(self) -> str | None:

@@ -28,10 +28,11 @@ PYRAMID_STRIDES = (4, 8, 16, 32)
 
 
 def evenly_spaced_blocks(depth: int, count: int = len(PYRAMID_STRIDES)) -> list[int]:
-    """Block indices (0-based) spread evenly over the depth, the last block included: 12 -> [2, 5, 8, 11]."""
+    """One block index (0-based) per level, spread evenly over the depth, the last block included:
+    12 -> [2, 5, 8, 11]; fewer blocks than levels repeat (2 -> [0, 0, 1, 1])."""
     if depth < 1:
         raise ValueError(f"A ViT of depth {depth} has no blocks to take features from.")
-    return sorted({max(0, round((i + 1) * depth / count) - 1) for i in range(count)})
+    return [max(0, round((i + 1) * depth / count) - 1) for i in range(count)]
 
 
 def _resampler(channels: int, steps: int) -> nn.Module:
