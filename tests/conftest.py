@@ -54,14 +54,20 @@ def script_env() -> dict[str, str]:
     """The environment of a command a test runs: offline, with tests/ importable (test-only callbacks), and
     without the W&B service of this pytest process, so each command starts its own as a user's shell would."""
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return {**env, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1",
-            "PYTHONPATH": str(ROOT / "tests")}
+    return {
+        **env,
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "HYDRA_FULL_ERROR": "1",
+        "PYTHONPATH": str(ROOT / "tests"),
+    }
 
 
 def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python <args>` as a user runs it, in `cwd`."""
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=script_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def compose_with_hydra(*overrides: str) -> DictConfig:

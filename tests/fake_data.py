@@ -15,8 +15,14 @@ THREE_CLASSES = ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette
 
 def folder_overrides(root: Path, *extra: str) -> list[str]:
     """`data=folder` on `root` (images/, masks/), every pair in the train split, three classes."""
-    return ["data=folder", f"data.root={root}", "data.splits={train:1.0,val:null}", *THREE_CLASSES,
-            "data.num_workers=0", *extra]
+    return [
+        "data=folder",
+        f"data.root={root}",
+        "data.splits={train:1.0,val:null}",
+        *THREE_CLASSES,
+        "data.num_workers=0",
+        *extra,
+    ]
 
 
 def save(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:

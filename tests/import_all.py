@@ -18,13 +18,23 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY_SCRIPTS = ("train.py", "evaluate.py", "predict.py", "export.py", "check_data.py", "browse_data.py", "bench.py",
-                 "summarize_sweep.py")
+ENTRY_SCRIPTS = (
+    "train.py",
+    "evaluate.py",
+    "predict.py",
+    "export.py",
+    "check_data.py",
+    "browse_data.py",
+    "bench.py",
+    "summarize_sweep.py",
+)
 # What each optional group makes importable (modules segkit imports lazily, or that configs name).
 EXTRAS = {
     "export": ("onnx", "onnxscript", "onnxruntime"),
-    "sweeps": ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper",
-               "hydra_plugins.hydra_submitit_launcher.submitit_launcher"),
+    "sweeps": (
+        "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper",
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+    ),
     "tensorboard": ("tensorboard",),
 }
 
@@ -74,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, error in failed:
         print(f"FAILED to import {name}:\n{error}", file=sys.stderr)
     total = len(modules) + len(ENTRY_SCRIPTS) + len(optional)
-    print(f"{total - len(failed)} of {total} imported ({len(modules)} segkit modules, {len(ENTRY_SCRIPTS)} entry "
-          f"scripts, {len(optional)} modules of the extras {extras or 'none'}).")
+    print(
+        f"{total - len(failed)} of {total} imported ({len(modules)} segkit modules, {len(ENTRY_SCRIPTS)} entry "
+        f"scripts, {len(optional)} modules of the extras {extras or 'none'})."
+    )
     return 1 if failed else 0
 
 

@@ -44,16 +44,33 @@ def write_dataset(root: Path) -> Path:
 
 def overrides(data: Path, epochs: int) -> list[str]:
     return [
-        "data=folder", f"data.root={data}", *THREE_CLASSES, "data.splits={train:0.8,val:0.2}", "data.crop_size=32",
-        "data.batch_size=4", "data.eval_batch_size=4", "data.num_workers=2", "model=fcn", "logger=csv",
-        f"trainer.max_epochs={epochs}", "trainer.log_every_n_steps=1", "test=false", "trainer.accelerator=cpu",
+        "data=folder",
+        f"data.root={data}",
+        *THREE_CLASSES,
+        "data.splits={train:0.8,val:0.2}",
+        "data.crop_size=32",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "data.num_workers=2",
+        "model=fcn",
+        "logger=csv",
+        f"trainer.max_epochs={epochs}",
+        "trainer.log_every_n_steps=1",
+        "test=false",
+        "trainer.accelerator=cpu",
     ]
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def runs(workdir: Path) -> list[Path]:
@@ -176,8 +193,10 @@ def main() -> int:
     victim_runs = runs(victim)
     same = bool(victim_runs) and metrics(victim_runs[-1]) == metrics(ref_run)
     lines = len(metrics(ref_run).splitlines()) - 1
-    print(f"\n{killed} kills, {len(victim_runs)} run director{'y' if len(victim_runs) == 1 else 'ies'} "
-          f"(a kill before the first checkpoint leaves one that cannot be resumed; a fresh start follows).")
+    print(
+        f"\n{killed} kills, {len(victim_runs)} run director{'y' if len(victim_runs) == 1 else 'ies'} "
+        f"(a kill before the first checkpoint leaves one that cannot be resumed; a fresh start follows)."
+    )
     print(f"Metrics history ({lines} rows) {'IDENTICAL to' if same else 'DIFFERS from'} the uninterrupted run's.")
     return 0 if same else 1
 

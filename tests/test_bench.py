@@ -17,8 +17,17 @@ def test_model_benchmark_compares_lightning_with_a_bare_loop(tmp_path, capsys):
 
     cfg = compose_config(
         "bench",
-        ["batch_sizes=[2]", "image_sizes=[[48,64]]", "steps=2", "warmup_steps=1", "precisions=[bf16-mixed]",
-         "channels_last=[false,true]", "model=fcn", "trainer.accelerator=cpu", "repeats=2"],
+        [
+            "batch_sizes=[2]",
+            "image_sizes=[[48,64]]",
+            "steps=2",
+            "warmup_steps=1",
+            "precisions=[bf16-mixed]",
+            "channels_last=[false,true]",
+            "model=fcn",
+            "trainer.accelerator=cpu",
+            "repeats=2",
+        ],
         tmp_path,
     )
     rows = run(cfg)
@@ -40,8 +49,7 @@ def test_model_benchmark_compares_lightning_with_a_bare_loop(tmp_path, capsys):
 def test_data_benchmark_measures_each_worker_count(tmp_path):
     from segkit.bench.run import run
 
-    cfg = compose_config("bench", ["target=data", "workers=[0,1]", "steps=3", "warmup_steps=1", "repeats=2"],
-                         tmp_path)
+    cfg = compose_config("bench", ["target=data", "workers=[0,1]", "steps=3", "warmup_steps=1", "repeats=2"], tmp_path)
     rows = run(cfg)
     assert [r["workers"] for r in rows] == [0, 1] and all(r["img_s"] > 0 for r in rows)
     assert all(len(r["img_s_repeats"]) == 2 and r["img_s_min"] <= r["img_s"] <= r["img_s_max"] for r in rows)
@@ -49,11 +57,20 @@ def test_data_benchmark_measures_each_worker_count(tmp_path):
 
 def model_rows(*overheads: list[float]) -> list[dict]:
     """Rows as bench_model gives them, one per setting, with the given per-repeat overheads."""
-    return summarize([
-        {"batch_size": 8, "image_size": [256, 256], "precision": "32-true", "channels_last": True,
-         "overhead_pct": list(pct), "train_img_s": [5.0] * len(pct)}
-        for pct in overheads
-    ], "model")
+    return summarize(
+        [
+            {
+                "batch_size": 8,
+                "image_size": [256, 256],
+                "precision": "32-true",
+                "channels_last": True,
+                "overhead_pct": list(pct),
+                "train_img_s": [5.0] * len(pct),
+            }
+            for pct in overheads
+        ],
+        "model",
+    )
 
 
 def test_a_spread_wider_than_the_overhead_is_flagged():
@@ -71,10 +88,13 @@ def test_one_repeat_is_flagged_as_a_spread_unknown():
 
 
 def test_a_worker_gain_within_the_spread_is_flagged():
-    rows = summarize([
-        {"data": "D", "workers": 0, "batch_size": 4, "img_s": [100.0, 110.0]},
-        {"data": "D", "workers": 2, "batch_size": 4, "img_s": [104.0, 112.0]},  # +3 img/s, 10 of spread
-        {"data": "D", "workers": 4, "batch_size": 4, "img_s": [200.0, 210.0]},  # +100 img/s
-    ], "data")
+    rows = summarize(
+        [
+            {"data": "D", "workers": 0, "batch_size": 4, "img_s": [100.0, 110.0]},
+            {"data": "D", "workers": 2, "batch_size": 4, "img_s": [104.0, 112.0]},  # +3 img/s, 10 of spread
+            {"data": "D", "workers": 4, "batch_size": 4, "img_s": [200.0, 210.0]},  # +100 img/s
+        ],
+        "data",
+    )
     (warning,) = spread_warnings(rows, "data")
     assert warning.startswith("workers=2")

@@ -10,11 +10,31 @@ from conftest import CONF, compose_config
 from segkit.config_checks import validate
 from segkit.trust import check_targets
 
-GROUPS = ["data", "augment", "model", "backbone", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
-          "experiment", "debug", "inference"]
+GROUPS = [
+    "data",
+    "augment",
+    "model",
+    "backbone",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "debug",
+    "inference",
+]
 # Each entry config with the values it cannot do without.
-ENTRY = {"train": [], "evaluate": ["ckpt_path=x.ckpt"], "predict": ["ckpt_path=x.ckpt", "input=in"],
-         "export": ["ckpt_path=x.ckpt"], "check_data": [], "browse_data": [], "bench": []}
+ENTRY = {
+    "train": [],
+    "evaluate": ["ckpt_path=x.ckpt"],
+    "predict": ["ckpt_path=x.ckpt", "input=in"],
+    "export": ["ckpt_path=x.ckpt"],
+    "check_data": [],
+    "browse_data": [],
+    "bench": [],
+}
 VALIDATED = ("train", "evaluate", "predict", "export", "check_data")  # the tasks segkit.config_checks knows
 
 

@@ -30,15 +30,27 @@ def test_the_default_run_logs_to_wandb_tensorboard_and_csv(tmp_path):
 
 
 def test_hparams_name_choices_values_and_what_the_command_line_set():
-    config = {"optimizer": {"lr": 0.01, "weight_decay": 1e-4}, "seed": 42, "trainer": {"max_time": None},
-              "loss": {"weights": {"ce": 1.0, "dice": 0.5}}, "data": {"image_size": [64, 64]}}
+    config = {
+        "optimizer": {"lr": 0.01, "weight_decay": 1e-4},
+        "seed": 42,
+        "trainer": {"max_time": None},
+        "loss": {"weights": {"ce": 1.0, "dice": 0.5}},
+        "data": {"image_size": [64, 64]},
+    }
     choices = {"model": "fcn", "data": "synthetic", "experiment": None, "hydra/launcher": "basic"}
     overrides = ["model=fcn", "loss.weights.dice=0.5", "data.image_size=[64,64]", "logger=csv", "ckpt_path=last"]
     params = run_hparams(config, choices, overrides)
     assert params == {
-        "data": "synthetic", "model": "fcn", "experiment": "none", "optimizer.lr": 0.01,
-        "optimizer.weight_decay": 1e-4, "trainer.max_time": "null", "seed": 42, "loss.weights.dice": 0.5,
-        "data.image_size": "[64, 64]", "overrides": "model=fcn loss.weights.dice=0.5 data.image_size=[64,64]",
+        "data": "synthetic",
+        "model": "fcn",
+        "experiment": "none",
+        "optimizer.lr": 0.01,
+        "optimizer.weight_decay": 1e-4,
+        "trainer.max_time": "null",
+        "seed": 42,
+        "loss.weights.dice": 0.5,
+        "data.image_size": "[64, 64]",
+        "overrides": "model=fcn loss.weights.dice=0.5 data.image_size=[64,64]",
     }
 
 
@@ -47,8 +59,15 @@ def fake_validation(callback: PredictionSamples, tmp_path: Path, batch_sizes: li
     pixels hold its position in the validation set)."""
     data = {"palette": [[0, 0, 0], [255, 0, 0]], "ignore_index": 255, "class_names": ["a", "b"]}
     loader = SimpleNamespace(sampler=range(40), batch_size=batch_sizes[0])
-    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=epoch, loggers=[],
-                              global_step=0, val_dataloaders=loader, num_val_batches=[len(batch_sizes)])
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        current_epoch=epoch,
+        loggers=[],
+        global_step=0,
+        val_dataloaders=loader,
+        num_val_batches=[len(batch_sizes)],
+    )
     module = SimpleNamespace(hparams=SimpleNamespace(data=data))
     callback.on_validation_epoch_start(trainer, module)
     position = 0
@@ -92,8 +111,16 @@ def test_tensorboard_shows_scalars_panels_confusion_matrices_and_hparams(tiny_tr
     from tensorboard.plugins.hparams import metadata
 
     run = tmp_path / "run"
-    train(tiny_train_cfg("logger=tensorboard", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "test=true",
-                         "optimizer.lr=0.002", output_dir=run))
+    train(
+        tiny_train_cfg(
+            "logger=tensorboard",
+            "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=1",
+            "test=true",
+            "optimizer.lr=0.002",
+            output_dir=run,
+        )
+    )
     accumulator = events(run / "tensorboard")  # the fit's and the test's event files together
     scalars = set(accumulator.Tags()["scalars"])
     assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/mIoU", "val/mIoU_best", "lr-AdamW"} <= scalars
@@ -109,8 +136,10 @@ def test_tensorboard_shows_scalars_panels_confusion_matrices_and_hparams(tiny_tr
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAMS_METRICS)
     assert {m for m in HPARAMS_METRICS if not m.startswith("train/")} <= scalars | {"test/loss"}
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
-    hparams = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
-               for key, value in start.hparams.items()}
+    hparams = {
+        key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+        for key, value in start.hparams.items()
+    }
     assert hparams["model"] == "unet" and hparams["backbone"] == "resnet18" and hparams["optimizer.lr"] == 0.002
     assert "optimizer.lr=0.002" in hparams["overrides"] and "logger=" not in hparams["overrides"]
     assert {h.name for h in experiment.hparam_infos} == set(hparams)

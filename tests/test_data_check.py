@@ -44,8 +44,15 @@ def break_copy(root: Path) -> dict[str, str]:
 def membrane_cfg(tmp_path: Path, root: Path, *overrides: str):
     return compose_config(
         "train",
-        ["experiment=membrane_unet", f"data.root={root}", "data.num_workers=0", "logger=csv",
-         "trainer.max_epochs=1", "trainer.accelerator=cpu", *overrides],
+        [
+            "experiment=membrane_unet",
+            f"data.root={root}",
+            "data.num_workers=0",
+            "logger=csv",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            *overrides,
+        ],
         tmp_path / "run",
     )
 
@@ -78,8 +85,9 @@ def test_check_command_reports_and_fails_on_a_broken_copy(tmp_path):
 
 @needs_membrane
 def test_check_command_on_the_membrane_set(tmp_path):
-    cfg = compose_config("check_data", ["data=membrane", f"data.root={MEMBRANE}", "splits=[train,val]", "test=false"],
-                         tmp_path / "check")
+    cfg = compose_config(
+        "check_data", ["data=membrane", f"data.root={MEMBRANE}", "splits=[train,val]", "test=false"], tmp_path / "check"
+    )
     assert run_check(cfg)["errors"] == 0  # check_data.py exits with 0
     report_path = tmp_path / "check" / "report.json"
     report = json.loads(report_path.read_text())
@@ -185,7 +193,11 @@ def test_browse_writes_what_the_model_sees(tmp_path):
 @pytest.mark.slow
 def test_membrane_experiment_trains_on_the_real_slices(tmp_path):
     cfg = membrane_cfg(
-        tmp_path, MEMBRANE, "debug=fast", "data.eval_batch_size=2", "data.crop_size=[128,128]",
+        tmp_path,
+        MEMBRANE,
+        "debug=fast",
+        "data.eval_batch_size=2",
+        "data.crop_size=[128,128]",
     )
     metrics = train(cfg)
     assert 0 <= metrics["val/mIoU"] <= 1 and np.isfinite(metrics["train/loss_epoch"])

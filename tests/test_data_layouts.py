@@ -173,7 +173,7 @@ def test_camvid_lists_with_segnet_paths(tmp_path):
     lines = {"train": [], "val": [], "test": []}
     for split in lines:
         for i in range(2):
-            mask = (np.arange(12, dtype=np.uint8).repeat(4)[None].repeat(8, 0))  # ids 0..10 and 11 = unlabelled
+            mask = np.arange(12, dtype=np.uint8).repeat(4)[None].repeat(8, 0)  # ids 0..10 and 11 = unlabelled
             save(root / split / f"{split}_{i}.png", image_for(mask, rng))
             save(root / f"{split}annot" / f"{split}_{i}.png", mask)
             lines[split].append(f"/SegNet/CamVid/{split}/{split}_{i}.png /SegNet/CamVid/{split}annot/{split}_{i}.png")
@@ -200,6 +200,7 @@ def test_a_parent_folder_as_root_names_the_folder_that_holds_the_lists(tmp_path)
     assert f"{root.parent / 'train.txt'}: the train list file does not exist" in message
     assert f"Found {root / 'train.txt'}. Fix: data.root={root}." in message
     build(tmp_path, "data=camvid", f"data.root={root}").setup("fit")  # the folder it names works
+
 
 def test_rgb_colour_masks_map_through_the_palette(tmp_path):
     rng = np.random.default_rng(6)

@@ -30,8 +30,14 @@ def write_pairs(root: Path, count: int = 4) -> Path:
 
 
 def data_overrides(root: Path, *extra: str) -> list[str]:
-    return ["data=folder", f"data.root={root}", "data.splits={train:0.5,val:0.5}", *THREE_CLASSES,
-            "data.num_workers=0", *extra]
+    return [
+        "data=folder",
+        f"data.root={root}",
+        "data.splits={train:0.5,val:0.5}",
+        *THREE_CLASSES,
+        "data.num_workers=0",
+        *extra,
+    ]
 
 
 def training_refusal(tmp_path: Path, overrides: list[str], test: bool) -> str | None:
@@ -81,8 +87,10 @@ def test_a_ratio_that_rounds_to_no_image_is_refused_by_both(tmp_path):
     errors, _ = same_verdict(tmp_path, data_overrides(root, "data.splits={train:0.9,val:0.1}"), test=False)
     (error,) = errors
     assert error["split"] == "val" and error["kind"] == "empty split"
-    assert (f"data.splits.val=0.1 of the 3 image(s) matching {IMAGE_PATTERN} under data.root={root} rounds to no "
-            f"image" in error["message"])
+    assert (
+        f"data.splits.val=0.1 of the 3 image(s) matching {IMAGE_PATTERN} under data.root={root} rounds to no "
+        f"image" in error["message"]
+    )
     assert "Fix: raise data.splits.val (to at least 0.33)" in error["message"]
 
 
@@ -101,8 +109,13 @@ def test_problems_of_a_split_training_does_not_load_are_warnings(tmp_path):
     for split in ("train", "val", "test"):
         write_pairs(root / split, count=2)
     (root / "test/images/1.png").write_bytes(b"not a png")
-    overrides = data_overrides(root, "data.split_by=folders", "data.image_dir='{split}/images'",
-                               "data.mask_dir='{split}/masks'", "data.splits={train:train,val:val,test:test}")
+    overrides = data_overrides(
+        root,
+        "data.split_by=folders",
+        "data.image_dir='{split}/images'",
+        "data.mask_dir='{split}/masks'",
+        "data.splits={train:train,val:val,test:test}",
+    )
     (test_error,) = same_verdict(tmp_path, overrides, test=True)[0]
     assert test_error["split"] == "test" and test_error["kind"] == "unreadable"
     assert "test/images/1.png: cannot be read" in test_error["message"]
@@ -145,8 +158,14 @@ def test_the_check_command_exits_with_training_verdict(tmp_path, capsys):
     for image in (root / "images").iterdir():
         image.unlink()
     command = [sys.executable, str(ROOT / "check_data.py"), *data_overrides(root)]
-    refused = subprocess.run([*command, "test=false"], cwd=tmp_path, env={**script_env(), "COLUMNS": "250"},
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [*command, "test=false"],
+        cwd=tmp_path,
+        env={**script_env(), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "would stop on 2 error(s)" in refused.stdout and f"no file matches {IMAGE_PATTERN}" in refused.stdout
     assert training_refusal(tmp_path, data_overrides(root), test=False) is not None
@@ -155,10 +174,14 @@ def test_the_check_command_exits_with_training_verdict(tmp_path, capsys):
 def test_an_empty_split_at_loader_time_names_the_folder_and_pattern(tmp_path):
     """With data.verify=off nothing is checked at start-up; the loader's error still says where it looked."""
     root = write_pairs(tmp_path / "d", count=3)
-    cfg = compose_config("train", data_overrides(root, "data.splits={train:0.9,val:0.1}", "data.verify=off"),
-                         tmp_path / "train")
+    cfg = compose_config(
+        "train", data_overrides(root, "data.splits={train:0.9,val:0.1}", "data.verify=off"), tmp_path / "train"
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    with pytest.raises(DataError, match=rf"The val split is empty: data.splits.val=0.1 of the 3 image\(s\) matching "
-                                        rf"images/.* under data.root={root} rounds to no image\. Fix: "):
+    with pytest.raises(
+        DataError,
+        match=rf"The val split is empty: data.splits.val=0.1 of the 3 image\(s\) matching "
+        rf"images/.* under data.root={root} rounds to no image\. Fix: ",
+    ):
         datamodule.val_dataloader()

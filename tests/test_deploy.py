@@ -45,8 +45,14 @@ def hand_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     tp = np.diag(confusion).astype(float)
     gt, pred = confusion.sum(1), confusion.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {"IoU": tp / (gt + pred - tp), "Dice": 2 * tp / (gt + pred), "Precision": tp / pred,
-                "Recall": tp / gt, "pixels": gt, "aAcc": tp.sum() / confusion.sum()}
+        return {
+            "IoU": tp / (gt + pred - tp),
+            "Dice": 2 * tp / (gt + pred),
+            "Precision": tp / pred,
+            "Recall": tp / gt,
+            "pixels": gt,
+            "aAcc": tp.sum() / confusion.sum(),
+        }
 
 
 def test_evaluate_report_equals_a_confusion_matrix_of_the_saved_predictions(checkpoint, tmp_path):
@@ -54,10 +60,18 @@ def test_evaluate_report_equals_a_confusion_matrix_of_the_saved_predictions(chec
     out = tmp_path / "eval"
     cfg = compose_config(
         "evaluate",
-        [f"ckpt_path={checkpoint}", "data=folder", f"data.root={tmp_path / 'other'}",
-         "data.splits={train:null,val:1.0}", "data.num_classes=4", "data.class_names=[background,disc,square,triangle]",
-         "data.palette=[[0,0,0],[230,25,75],[60,180,75],[0,130,200]]", "data.num_workers=0",
-         "data.eval_batch_size=2", "save_predictions=true"],
+        [
+            f"ckpt_path={checkpoint}",
+            "data=folder",
+            f"data.root={tmp_path / 'other'}",
+            "data.splits={train:null,val:1.0}",
+            "data.num_classes=4",
+            "data.class_names=[background,disc,square,triangle]",
+            "data.palette=[[0,0,0],[230,25,75],[60,180,75],[0,130,200]]",
+            "data.num_workers=0",
+            "data.eval_batch_size=2",
+            "save_predictions=true",
+        ],
         out,
     )
     metrics = evaluate(cfg)
@@ -91,9 +105,11 @@ def test_evaluate_report_equals_a_confusion_matrix_of_the_saved_predictions(chec
 def test_evaluate_with_windows_and_tta_on_the_checkpoint_data(checkpoint, tmp_path):
     plain = evaluate(compose_config("evaluate", [f"ckpt_path={checkpoint}"], tmp_path / "plain"))
     # One window the size of the image is the plain pass.
-    window = evaluate(compose_config(
-        "evaluate", [f"ckpt_path={checkpoint}", "inference=slide", "inference.crop_size=[40,56]"], tmp_path / "w"
-    ))
+    window = evaluate(
+        compose_config(
+            "evaluate", [f"ckpt_path={checkpoint}", "inference=slide", "inference.crop_size=[40,56]"], tmp_path / "w"
+        )
+    )
     assert window["val/mIoU"] == pytest.approx(plain["val/mIoU"], abs=1e-6)
     tta = evaluate(compose_config("evaluate", [f"ckpt_path={checkpoint}", "inference=tta"], tmp_path / "tta"))
     assert 0 <= tta["val/mIoU"] <= 1 and "val/loss" not in tta
@@ -104,8 +120,17 @@ def test_predict_writes_palette_masks_that_reload_to_the_same_ids(checkpoint, tm
     for name, size in (("a", (40, 56)), ("b", (40, 56)), ("sub/c", (33, 47))):
         save(tmp_path / "in" / f"{name}.png", (rng.random((*size, 3)) * 255).astype(np.uint8))
     cfg = compose_config(
-        "predict", [f"ckpt_path={checkpoint}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
-                    "batch_size=2", "num_workers=0", "trainer.accelerator=cpu"], tmp_path / "run")
+        "predict",
+        [
+            f"ckpt_path={checkpoint}",
+            f"input={tmp_path / 'in'}",
+            f"output={tmp_path / 'out'}",
+            "batch_size=2",
+            "num_workers=0",
+            "trainer.accelerator=cpu",
+        ],
+        tmp_path / "run",
+    )
     predict(cfg)
     net = load_module(checkpoint).net.eval()
     for name in ("a", "b", "sub/c"):

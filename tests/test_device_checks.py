@@ -67,12 +67,18 @@ def test_the_real_machine_facts_follow_torch_cuda(tmp_path, monkeypatch):
         check_devices(train_cfg(tmp_path, "trainer=gpu"))
 
 
-@pytest.mark.parametrize("devices,expected", [
-    ("4", "trainer.devices=4 asks for 4 GPUs, but this machine has 2 (NVIDIA A100-SXM4-80GB). Fix: trainer.devices=2 "
-          "(or trainer.devices=auto: every GPU there is)."),
-    ("[0,3]", "trainer.devices=[0, 3] names GPU 3, but this machine has 2 (ids 0..1). Fix: trainer.devices=2"),
-    ("'1,2'", "trainer.devices=1,2 names GPU 2, but this machine has 2"),
-])
+@pytest.mark.parametrize(
+    "devices,expected",
+    [
+        (
+            "4",
+            "trainer.devices=4 asks for 4 GPUs, but this machine has 2 (NVIDIA A100-SXM4-80GB). Fix: trainer.devices=2 "
+            "(or trainer.devices=auto: every GPU there is).",
+        ),
+        ("[0,3]", "trainer.devices=[0, 3] names GPU 3, but this machine has 2 (ids 0..1). Fix: trainer.devices=2"),
+        ("'1,2'", "trainer.devices=1,2 names GPU 2, but this machine has 2"),
+    ],
+)
 def test_more_gpus_than_the_machine_has(tmp_path, devices, expected):
     assert expected in refused(train_cfg(tmp_path, "trainer=gpu", f"trainer.devices={devices}"), **A100)
 
@@ -90,25 +96,37 @@ def test_device_ids_on_cpu_are_refused_and_a_count_above_the_cores_is_warned_abo
     assert "starts 3 CPU processes on 2 usable cores" in caplog.text and "Fix: trainer.devices=2" in caplog.text
 
 
-@pytest.mark.parametrize("overrides,facts", [
-    (["trainer.precision=16-mixed"], CPU),  # accelerator auto on a machine without GPU
-    (["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=16-mixed"], A100),  # CPU chosen on a GPU machine
-    (["trainer.accelerator=cpu", "trainer.precision=16"], CPU),
-])
+@pytest.mark.parametrize(
+    "overrides,facts",
+    [
+        (["trainer.precision=16-mixed"], CPU),  # accelerator auto on a machine without GPU
+        (["trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=16-mixed"], A100),  # CPU chosen on a GPU machine
+        (["trainer.accelerator=cpu", "trainer.precision=16"], CPU),
+    ],
+)
 def test_16_mixed_on_cpu_is_refused_with_both_alternatives(tmp_path, overrides, facts):
     message = refused(train_cfg(tmp_path, *overrides), **facts)
     assert "needs a CUDA GPU; on CPU Lightning would silently run bf16-mixed instead" in message
     assert "Fix: trainer.precision=bf16-mixed (mixed precision on CPU) or trainer.precision=32-true." in message
 
 
-@pytest.mark.parametrize("overrides,facts,expected", [
-    (["trainer.accelerator=cpu"], dict(CPU, cpp_compiler=None), "its CPU backend needs a C++ compiler"),
-    (["trainer=gpu"], P100, "its GPU backend (Triton) needs CUDA capability 7.0 or newer, and Tesla P100-PCIE-16GB "
-                            "has 6.0"),
-    (["trainer=gpu"], dict(A100, triton=False), "its GPU backend needs the triton package"),
-    (["trainer.accelerator=cpu"], dict(CPU, dynamo_problem="Python 3.15+ not yet supported for torch.compile"),
-     "torch.compile does not support this set-up (Python 3.15+"),
-])
+@pytest.mark.parametrize(
+    "overrides,facts,expected",
+    [
+        (["trainer.accelerator=cpu"], dict(CPU, cpp_compiler=None), "its CPU backend needs a C++ compiler"),
+        (
+            ["trainer=gpu"],
+            P100,
+            "its GPU backend (Triton) needs CUDA capability 7.0 or newer, and Tesla P100-PCIE-16GB has 6.0",
+        ),
+        (["trainer=gpu"], dict(A100, triton=False), "its GPU backend needs the triton package"),
+        (
+            ["trainer.accelerator=cpu"],
+            dict(CPU, dynamo_problem="Python 3.15+ not yet supported for torch.compile"),
+            "torch.compile does not support this set-up (Python 3.15+",
+        ),
+    ],
+)
 def test_compile_on_an_unsupported_set_up(tmp_path, overrides, facts, expected):
     message = refused(train_cfg(tmp_path, *overrides, "model.compile=true"), **facts)
     assert f"model.compile=true cannot run here: {expected}" in message and "Fix: model.compile=false." in message
@@ -150,8 +168,9 @@ def test_a_gpu_without_native_bf16_gets_16_mixed(tmp_path, caplog, trainer):
     with caplog.at_level(logging.INFO, logger="segkit.device_checks"):
         check_devices(cfg, Machine(**T4))
     assert cfg.trainer.precision == "16-mixed"
-    assert "Tesla T4 (CUDA capability 7.5) has no native bf16: trainer.precision=bf16-mixed became 16-mixed" in \
-        caplog.text
+    assert (
+        "Tesla T4 (CUDA capability 7.5) has no native bf16: trainer.precision=bf16-mixed became 16-mixed" in caplog.text
+    )
     cfg = train_cfg(tmp_path, f"trainer={trainer}")
     assert check_devices(cfg, Machine(**A100)).trainer.precision == "bf16-mixed"
 
@@ -168,8 +187,12 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_not_refused(tmp
 
 
 def test_what_runs_here_passes_unchanged(tmp_path):
-    for overrides in ([], ["trainer=cpu"], ["trainer.precision=bf16-mixed"], ["trainer=ddp", "trainer.accelerator=cpu",
-                                                                              "trainer.sync_batchnorm=false"]):
+    for overrides in (
+        [],
+        ["trainer=cpu"],
+        ["trainer.precision=bf16-mixed"],
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=false"],
+    ):
         cfg = train_cfg(tmp_path, *overrides)
         before = dict(cfg.trainer)
         check_devices(cfg, Machine(**CPU))
@@ -191,17 +214,21 @@ def test_train_fails_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("script,args", [
-    ("evaluate.py", ["ckpt_path=missing.ckpt", "trainer=gpu"]),
-    ("predict.py", ["ckpt_path=missing.ckpt", "input=missing", "trainer=gpu"]),
-])
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("evaluate.py", ["ckpt_path=missing.ckpt", "trainer=gpu"]),
+        ("predict.py", ["ckpt_path=missing.ckpt", "input=missing", "trainer=gpu"]),
+    ],
+)
 def test_evaluate_and_predict_check_devices_before_reading_anything(tmp_path, script, args):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     proc = run_script(str(ROOT / script), *args, cwd=tmp_path, timeout=120)
     assert proc.returncode == 1
-    assert "trainer.accelerator=gpu (what trainer=gpu and trainer=ddp set) but this machine has no CUDA GPU" in \
-        proc.stderr, proc.stderr[-3000:]
+    assert (
+        "trainer.accelerator=gpu (what trainer=gpu and trainer=ddp set) but this machine has no CUDA GPU" in proc.stderr
+    ), proc.stderr[-3000:]
     assert "missing" not in proc.stderr.split("Device setting error")[-1]  # not the checkpoint nor the input
 
 
@@ -210,8 +237,16 @@ def test_the_cpu_rehearsal_of_ddp_trains(tmp_path):
     """`trainer=ddp trainer.accelerator=cpu trainer.devices=2` as typed: sync-BN turned off (said once), bf16 on
     CPU, two processes, one epoch of the tiny data."""
     proc = run_script(
-        str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY_DATA,
-        "logger=csv", "test=false", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", cwd=tmp_path,
+        str(ROOT / "train.py"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        *TINY_DATA,
+        "logger=csv",
+        "test=false",
+        "trainer.max_epochs=1",
+        "trainer.num_sanity_val_steps=0",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr

@@ -23,8 +23,19 @@ def test_panel_is_image_truth_prediction_side_by_side():
     assert (panel[:, 7:14, 0] > panel[:, 14:, 0]).all()  # the truth overlay is red where the prediction is not
 
 
-CAMVID = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
-          [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
+CAMVID = [
+    [128, 128, 128],
+    [128, 0, 0],
+    [192, 192, 128],
+    [128, 64, 128],
+    [60, 40, 222],
+    [128, 128, 0],
+    [192, 128, 128],
+    [64, 64, 128],
+    [64, 0, 128],
+    [64, 64, 0],
+    [0, 128, 192],
+]
 
 
 def test_ignored_pixels_are_opaque_in_a_colour_no_class_uses():

@@ -36,9 +36,20 @@ def dataset(tmp_path_factory):
 def overrides(root: Path) -> list[str]:
     """FCN (its dropout draws from the random state) on augmented crops read by two workers, 2 epochs."""
     return [
-        "data=folder", f"data.root={root}", *THREE_CLASSES, "data.splits={train:0.8,val:0.2}", "data.crop_size=32",
-        "data.batch_size=4", "data.eval_batch_size=4", "data.num_workers=2", "model=fcn", "logger=csv",
-        "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "test=false", "trainer.accelerator=cpu",
+        "data=folder",
+        f"data.root={root}",
+        *THREE_CLASSES,
+        "data.splits={train:0.8,val:0.2}",
+        "data.crop_size=32",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "data.num_workers=2",
+        "model=fcn",
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "test=false",
+        "trainer.accelerator=cpu",
         "trusted_modules=[interrupt]",
     ]
 
@@ -65,8 +76,11 @@ def as_run(folder: Path, lines: list[str]) -> Path:
 def test_a_stop_saves_mid_epoch_and_resumes_exactly(dataset, uninterrupted, tmp_path, signum):
     run = as_run(tmp_path / "run", overrides(dataset))
     stop_at = STEPS_PER_EPOCH + 2  # in the middle of the second epoch
-    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", f"+callbacks.interrupt.step={stop_at}",
-            f"+callbacks.interrupt.signum={int(signum)}"]
+    kill = [
+        "+callbacks.interrupt._target_=interrupt.KillAtStep",
+        f"+callbacks.interrupt.step={stop_at}",
+        f"+callbacks.interrupt.signum={int(signum)}",
+    ]
     with pytest.raises(SystemExit) as stopped:
         train(compose_config("train", overrides(dataset) + kill, run))
     assert stopped.value.code == 128 + signum  # what a shell shows for a process ended by the signal
@@ -95,13 +109,24 @@ def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninter
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_last_after_an_early_kill_and_a_finished_run_touch_no_run(tmp_path):
-    tiny = ["logger=csv", "test=false", "trainer.max_epochs=1", "data.num_train=8", "data.num_val=4",
-            "data.image_size=[32,32]", "data.batch_size=4", "trusted_modules=[interrupt]"]
+    tiny = [
+        "logger=csv",
+        "test=false",
+        "trainer.max_epochs=1",
+        "data.num_train=8",
+        "data.num_val=4",
+        "data.image_size=[32,32]",
+        "data.batch_size=4",
+        "trusted_modules=[interrupt]",
+    ]
     proc = run_script(str(ROOT / "train.py"), "model=fcn", *tiny, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (finished,) = (tmp_path / "logs" / "train" / "runs").iterdir()

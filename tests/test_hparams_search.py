@@ -79,8 +79,15 @@ def test_tpe_sampler_runs_past_its_random_startup_trials():
 @pytest.mark.slow
 def test_a_two_trial_optuna_search_runs_and_records_its_best(tmp_path):
     proc = run_script(
-        str(ROOT / "train.py"), "-m", "hparams_search=lr_loss", "hydra.sweeper.n_trials=2", "debug=fast",
-        "logger=csv", *TINY_DATA, cwd=tmp_path, timeout=600,
+        str(ROOT / "train.py"),
+        "-m",
+        "hparams_search=lr_loss",
+        "hydra.sweeper.n_trials=2",
+        "debug=fast",
+        "logger=csv",
+        *TINY_DATA,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()

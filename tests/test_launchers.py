@@ -74,8 +74,12 @@ def slurm_env(params: dict, job_id: str = "4242", task: int = 0) -> dict[str, st
 
 def test_slurm_launcher_asks_for_a_job_lightning_ddp_can_run_in(tmp_path, monkeypatch):
     cfg = compose_with_hydra(
-        "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.partition=gpu",
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "hydra.launcher.partition=gpu",
     )
     assert cfg.hydra.launcher._target_ == SLURM_LAUNCHER
     params = launcher_params(cfg)
@@ -87,8 +91,18 @@ def test_slurm_launcher_asks_for_a_job_lightning_ddp_can_run_in(tmp_path, monkey
     # What goes to SLURM: the plugin's own launch(), stopped where submitit would call sbatch.
     script = sbatch_script(cfg, monkeypatch)
     flags = {line for line in script.splitlines() if line.startswith("#SBATCH")}
-    for flag in ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=8", "--mem=64GB",
-                 "--time=1440", "--partition=gpu", "--job-name=train", "--requeue", "--signal=USR1@120"]:
+    for flag in [
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--cpus-per-task=8",
+        "--mem=64GB",
+        "--time=1440",
+        "--partition=gpu",
+        "--job-name=train",
+        "--requeue",
+        "--signal=USR1@120",
+    ]:
         assert f"#SBATCH {flag}" in flags, (flag, script)
     assert "USR2" not in script  # submitit's own signal is replaced: only Lightning's handler is ever called
     assert f"--output={tmp_path / 'sweep'}/.submitit/%j/%j_0_log.out" in script
@@ -187,8 +201,15 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(
 @pytest.mark.slow
 def test_local_launcher_runs_a_sweep_job_through_submitit(tmp_path):
     proc = run_script(
-        str(ROOT / "train.py"), "-m", "hydra/launcher=local", "debug=fast", "logger=csv", "seed=7", *TINY_DATA,
-        cwd=tmp_path, timeout=600,
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=local",
+        "debug=fast",
+        "logger=csv",
+        "seed=7",
+        *TINY_DATA,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()

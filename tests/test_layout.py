@@ -15,8 +15,13 @@ SRC = ROOT / "src" / "segkit"
 HYDRA_SCRIPTS = ["train.py", "evaluate.py", "predict.py", "export.py", "check_data.py", "browse_data.py", "bench.py"]
 SCRIPTS = [*HYDRA_SCRIPTS, "summarize_sweep.py"]
 # The layers below the tasks: data, models, and what the LightningModule is made of.
-LOWER = [*sorted((SRC / "data").rglob("*.py")), *sorted((SRC / "models").rglob("*.py")),
-         SRC / "module.py", SRC / "metrics.py", SRC / "losses.py"]
+LOWER = [
+    *sorted((SRC / "data").rglob("*.py")),
+    *sorted((SRC / "models").rglob("*.py")),
+    SRC / "module.py",
+    SRC / "metrics.py",
+    SRC / "losses.py",
+]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -58,32 +63,43 @@ def test_each_command_registers_the_resolvers_and_checks_its_keys_before_hydra_c
 
 def test_commands_live_at_the_root_and_the_library_has_none():
     assert all((ROOT / script).is_file() for script in SCRIPTS)
-    commands = [path.relative_to(ROOT).as_posix() for path in SRC.rglob("*.py")
-                if path.name == "__main__.py" or main_block(path) or "hydra.main" in path.read_text()]
+    commands = [
+        path.relative_to(ROOT).as_posix()
+        for path in SRC.rglob("*.py")
+        if path.name == "__main__.py" or main_block(path) or "hydra.main" in path.read_text()
+    ]
     assert commands == [], f"entry points inside the package: {commands}; they belong beside train.py"
 
 
 @pytest.mark.parametrize("path", LOWER, ids=lambda p: p.relative_to(SRC).as_posix())
 def test_lower_layers_import_neither_the_tasks_nor_a_command(path):
     commands = {Path(script).stem for script in SCRIPTS}
-    bad = sorted(name for name in imported_modules(path)
-                 if name == "segkit.tasks" or name.startswith("segkit.tasks.") or name in commands)
+    bad = sorted(
+        name
+        for name in imported_modules(path)
+        if name == "segkit.tasks" or name.startswith("segkit.tasks.") or name in commands
+    )
     assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
 
 
 def test_one_atomic_write_helper():
     """Files are replaced in one place (segkit.atomic: temporary file beside the target, fsync, rename)."""
-    replacing = sorted(path.relative_to(SRC).as_posix() for path in SRC.rglob("*.py")
-                       if "os.replace(" in path.read_text() or ".rename(" in path.read_text())
+    replacing = sorted(
+        path.relative_to(SRC).as_posix()
+        for path in SRC.rglob("*.py")
+        if "os.replace(" in path.read_text() or ".rename(" in path.read_text()
+    )
     assert replacing == ["atomic.py"]
 
 
 def test_importing_segkit_registers_no_resolver():
-    code = ("import segkit, segkit.config_checks, segkit.resume, segkit.run_names;"
-            "from omegaconf import OmegaConf;"
-            "from segkit.hydra_setup import register_resolvers;"
-            "before = OmegaConf.has_resolver('segkit.run_dir');"
-            "register_resolvers();"
-            "print(before, OmegaConf.has_resolver('segkit.run_dir'), OmegaConf.has_resolver('segkit.cwd'))")
+    code = (
+        "import segkit, segkit.config_checks, segkit.resume, segkit.run_names;"
+        "from omegaconf import OmegaConf;"
+        "from segkit.hydra_setup import register_resolvers;"
+        "before = OmegaConf.has_resolver('segkit.run_dir');"
+        "register_resolvers();"
+        "print(before, OmegaConf.has_resolver('segkit.run_dir'), OmegaConf.has_resolver('segkit.cwd'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]

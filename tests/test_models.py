@@ -44,8 +44,9 @@ def test_wrong_channel_count_is_a_clear_error():
 
 
 # Each variant, each upsampling mode, and the variant with the most upsampling (8s) in both modes.
-@pytest.mark.parametrize("variant,upsample", [("32s", "bilinear"), ("16s", "transposed"), ("8s", "bilinear"),
-                                              ("8s", "transposed")])
+@pytest.mark.parametrize(
+    "variant,upsample", [("32s", "bilinear"), ("16s", "transposed"), ("8s", "bilinear"), ("8s", "transposed")]
+)
 def test_fcn_variants_and_upsampling(variant, upsample):
     model = FCN(RESNET, num_classes=4, variant=variant, upsample=upsample)
     assert len(model.decoder.skip_scores) == {"32s": 0, "16s": 1, "8s": 2}[variant]
@@ -64,8 +65,9 @@ def test_fcn_skip_scores_start_at_zero_and_feed_the_output():
         assert not torch.allclose(fcn8(x), before, atol=1e-3)
 
 
-@pytest.mark.parametrize("backbone,upsample", [("resnet18", "transposed"), ("efficientnet_b0", "bilinear"),
-                                               ("convnext_tiny", "transposed")])
+@pytest.mark.parametrize(
+    "backbone,upsample", [("resnet18", "transposed"), ("efficientnet_b0", "bilinear"), ("convnext_tiny", "transposed")]
+)
 def test_unet_on_backbones_with_different_strides(backbone, upsample):
     model = UNet({"name": backbone}, num_classes=2, upsample=upsample)
     assert logits_shape(model, 2, 3, 41, 67) == (2, 2, 41, 67)

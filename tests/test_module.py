@@ -1,4 +1,4 @@
-"""The LightningModule built from the configs: every model x backbone trains a batch, overfitting, losses,
+"""The LightningModule built from the configs: model x backbone pairs train a batch, overfitting, losses,
 plain-data hyperparameters, weights-only checkpoints, speed switches. (Precision: test_precision_and_switches.py.)"""
 
 from pathlib import Path
@@ -18,8 +18,9 @@ BACKBONES = sorted(p.stem for p in (CONF / "backbone").glob("*.yaml"))
 
 def fit_one_batch(cfg, module=None, **trainer_kwargs) -> L.Trainer:
     """One training and one validation batch through the real Trainer."""
-    trainer = L.Trainer(fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        **trainer_kwargs)
+    trainer = L.Trainer(
+        fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs
+    )
     trainer.fit(module or build_module(cfg), datamodule=instantiate(cfg.data))
     return trainer
 
@@ -103,8 +104,14 @@ def test_hyperparameters_are_plain_data(tiny_train_cfg):
 @pytest.mark.slow
 def test_checkpoint_loads_with_weights_only(tiny_train_cfg, tmp_path):
     module = build_module(tiny_train_cfg())
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=instantiate(tiny_train_cfg().data))
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)

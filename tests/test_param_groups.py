@@ -12,8 +12,12 @@ from segkit.schedules import poly
 from segkit.tasks.train import build_module
 
 TINY_VIT = ["backbone.name=vit_tiny_patch16_224", "+backbone.depth=4"]
-TINY_SWIN = ["backbone=swin_tiny", "+backbone.embed_dim=24", "+backbone.depths=[1,1,1,1]",
-             "+backbone.num_heads=[1,1,1,1]"]
+TINY_SWIN = [
+    "backbone=swin_tiny",
+    "+backbone.embed_dim=24",
+    "+backbone.depths=[1,1,1,1]",
+    "+backbone.num_heads=[1,1,1,1]",
+]
 
 
 def optimizer_of(module):
@@ -41,9 +45,15 @@ def test_without_param_groups_every_trainable_parameter_is_in_one_group(tiny_tra
 
 
 def test_the_optimizer_sees_exactly_the_groups_the_config_describes(tiny_train_cfg):
-    cfg = tiny_train_cfg("model=upernet", *TINY_VIT, "optimizer=adamw_finetune", "optimizer.lr=0.001",
-                         "optimizer.weight_decay=0.05", "optimizer.param_groups.backbone_lr_mult=0.2",
-                         "optimizer.param_groups.layer_decay=0.5")
+    cfg = tiny_train_cfg(
+        "model=upernet",
+        *TINY_VIT,
+        "optimizer=adamw_finetune",
+        "optimizer.lr=0.001",
+        "optimizer.weight_decay=0.05",
+        "optimizer.param_groups.backbone_lr_mult=0.2",
+        "optimizer.param_groups.layer_decay=0.5",
+    )
     module = build_module(cfg)
     optimizer = optimizer_of(module)
     assert isinstance(optimizer, torch.optim.AdamW)
@@ -57,7 +67,7 @@ def test_the_optimizer_sees_exactly_the_groups_the_config_describes(tiny_train_c
         no_decay = param.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token"))
         assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
         if name.startswith(encoder):
-            rest = name[len(encoder):]
+            rest = name[len(encoder) :]
             layer = int(rest.split(".")[1]) + 1 if rest.startswith("blocks.") else 0  # patch embed, tokens: 0
             assert group["lr"] == pytest.approx(0.001 * 0.2 * 0.5 ** (depth + 1 - layer)), name
             assert group["name"] == f"backbone.layer_{layer:02d}" + (".no_decay" if no_decay else ""), name
@@ -73,19 +83,28 @@ def test_a_backbone_rate_without_layer_decay_on_swin(tiny_train_cfg):
     module = build_module(cfg)
     optimizer = optimizer_of(module)
     lr, wd = cfg.optimizer.lr, cfg.optimizer.weight_decay
-    expected = {"backbone": (lr * 0.1, wd), "backbone.no_decay": (lr * 0.1, 0.0), "head": (lr, wd),
-                "head.no_decay": (lr, 0.0)}
+    expected = {
+        "backbone": (lr * 0.1, wd),
+        "backbone.no_decay": (lr * 0.1, 0.0),
+        "head": (lr, wd),
+        "head.no_decay": (lr, 0.0),
+    }
     assert {g["name"] for g in optimizer.param_groups} == set(expected)
     for group in optimizer.param_groups:
         assert (group["lr"], group["weight_decay"]) == pytest.approx(expected[group["name"]])
-    no_decay = {n for n, p in module.named_parameters() if id(p) in
-                {id(q) for g in optimizer.param_groups if g["name"] == "backbone.no_decay" for q in g["params"]}}
+    no_decay = {
+        n
+        for n, p in module.named_parameters()
+        if id(p) in {id(q) for g in optimizer.param_groups if g["name"] == "backbone.no_decay" for q in g["params"]}
+    }
     assert any(n.endswith("relative_position_bias_table") for n in no_decay)
     assert any(n.endswith("norm1.weight") for n in no_decay)
 
 
 def test_schedules_keep_the_ratios_between_groups(tiny_train_cfg):
-    module = build_module(tiny_train_cfg(*TINY_VIT, "optimizer=adamw_finetune", "optimizer.param_groups.layer_decay=0.8"))
+    module = build_module(
+        tiny_train_cfg(*TINY_VIT, "optimizer=adamw_finetune", "optimizer.param_groups.layer_decay=0.8")
+    )
     optimizer = optimizer_of(module)
     scheduler = poly(optimizer, total_steps=10, warmup_steps=3)
     first = [g["lr"] for g in optimizer.param_groups]
@@ -112,10 +131,12 @@ def test_settings_a_network_cannot_take_fail_at_start_up(tiny_train_cfg):
 
 def test_the_module_gives_its_optimizer_these_groups(tiny_train_cfg):
     """SegmentationModule.configure_optimizers builds the optimizer through segkit.param_groups."""
-    cfg = tiny_train_cfg(*TINY_VIT, "optimizer=adamw_finetune", "optimizer.param_groups.layer_decay=0.5",
-                         "scheduler=none")
+    cfg = tiny_train_cfg(
+        *TINY_VIT, "optimizer=adamw_finetune", "optimizer.param_groups.layer_decay=0.5", "scheduler=none"
+    )
     module = build_module(cfg)
     optimizer = module.configure_optimizers()
     expected = optimizer_of(module)
-    assert [(g["name"], g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in optimizer.param_groups] == \
-        [(g["name"], g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in expected.param_groups]
+    assert [(g["name"], g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in optimizer.param_groups] == [
+        (g["name"], g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in expected.param_groups
+    ]

@@ -42,8 +42,15 @@ def from_weights_file(tmp_path_factory) -> dict:
     module = build_module(cfg)
     from_file = torch.load(weights, weights_only=True)["conv1.weight"]
     assert torch.equal(module.state_dict()[CONV1], from_file)  # the file was used
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, default_root_dir=root)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=root,
+    )
     trainer.fit(module, datamodule=instantiate(cfg.data))
     ckpt = root / "model.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -110,13 +117,26 @@ def test_evaluate_predict_and_export_need_only_the_checkpoint(from_weights_file,
     assert 0 <= metrics["val/mIoU"] <= 1
 
     images = write_images(tmp_path / "in")
-    predict(compose_config(
-        "predict", [f"ckpt_path={ckpt}", f"input={images}", f"output={tmp_path / 'out'}", "num_workers=0",
-                    "trainer.accelerator=cpu"], tmp_path / "p"))
+    predict(
+        compose_config(
+            "predict",
+            [
+                f"ckpt_path={ckpt}",
+                f"input={images}",
+                f"output={tmp_path / 'out'}",
+                "num_workers=0",
+                "trainer.accelerator=cpu",
+            ],
+            tmp_path / "p",
+        )
+    )
     assert {p.name for p in (tmp_path / "out" / "masks").glob("*.png")} == {"a.png", "b.png"}
 
-    summary = export(compose_config(
-        "export", [f"ckpt_path={ckpt}", f"output={tmp_path / 'export'}", "formats=[onnx]"], tmp_path / "x"))
+    summary = export(
+        compose_config(
+            "export", [f"ckpt_path={ckpt}", f"output={tmp_path / 'export'}", "formats=[onnx]"], tmp_path / "x"
+        )
+    )
     assert summary["exports"]["onnx"]["max_abs_diff"] < 1e-4
     assert json.loads((tmp_path / "export" / "export.json").read_text())["exports"]["onnx"]
     never_pretrained(timm_calls)
@@ -138,9 +158,19 @@ def test_a_pretrained_checkpoint_evaluates_and_predicts_offline(from_weights_fil
     metrics = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"], tmp_path / "e"))
     assert 0 <= metrics["val/mIoU"] <= 1
     images = write_images(tmp_path / "in")
-    predict(compose_config(
-        "predict", [f"ckpt_path={ckpt}", f"input={images}", f"output={tmp_path / 'out'}", "num_workers=0",
-                    "trainer.accelerator=cpu"], tmp_path / "p"))
+    predict(
+        compose_config(
+            "predict",
+            [
+                f"ckpt_path={ckpt}",
+                f"input={images}",
+                f"output={tmp_path / 'out'}",
+                "num_workers=0",
+                "trainer.accelerator=cpu",
+            ],
+            tmp_path / "p",
+        )
+    )
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 2
     never_pretrained(timm_calls)
     assert load_module(ckpt).hparams.model["backbone"]["pretrained"] is True

@@ -19,8 +19,12 @@ from segkit.tasks.train import build_module
 # Shorter runs: no sanity validation, no model summary, every step logged.
 FAST = ["trainer.num_sanity_val_steps=0", "++trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]
 # Training only (no validation, no checkpoints, no callbacks), 4 batches of 2 images per epoch.
-TRAIN_ONLY = FAST + ["~callbacks", "++trainer.enable_checkpointing=false", "++trainer.limit_val_batches=0",
-                     "data.batch_size=2"]
+TRAIN_ONLY = FAST + [
+    "~callbacks",
+    "++trainer.enable_checkpointing=false",
+    "++trainer.limit_val_batches=0",
+    "data.batch_size=2",
+]
 
 
 def fit(cfg, *callbacks, ckpt_path=None):
@@ -93,8 +97,14 @@ def fixed_batch_loss(module, batch) -> float:
 @pytest.mark.slow
 def test_bf16_mixed_training_on_cpu_computes_its_loss_in_float32_and_learns(tmp_path):
     probe = DtypeProbe()
-    cfg = tiny_train_config(tmp_path / "run", "trainer.precision=bf16-mixed", "trainer.max_epochs=3", "scheduler=none",
-                            "optimizer.lr=0.003", *FAST)
+    cfg = tiny_train_config(
+        tmp_path / "run",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_epochs=3",
+        "scheduler=none",
+        "optimizer.lr=0.003",
+        *FAST,
+    )
     module = build_module(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -187,8 +197,16 @@ CLIP = 1e-3
 @pytest.mark.slow
 def test_gradient_clipping_by_norm_is_what_the_optimizer_sees(tmp_path):
     probe = ClipProbe()
-    fit(tiny_train_config(tmp_path, f"trainer.gradient_clip_val={CLIP}", "trainer.gradient_clip_algorithm=norm",
-                          "++trainer.limit_train_batches=2", *TRAIN_ONLY), probe)
+    fit(
+        tiny_train_config(
+            tmp_path,
+            f"trainer.gradient_clip_val={CLIP}",
+            "trainer.gradient_clip_algorithm=norm",
+            "++trainer.limit_train_batches=2",
+            *TRAIN_ONLY,
+        ),
+        probe,
+    )
     assert len(probe.before) == len(probe.seen) == 2
     for (norm_before, _), (norm_seen, _) in zip(probe.before, probe.seen):
         assert norm_before > 100 * CLIP  # the raw gradient is far larger ...
@@ -198,8 +216,16 @@ def test_gradient_clipping_by_norm_is_what_the_optimizer_sees(tmp_path):
 @pytest.mark.slow
 def test_gradient_clipping_by_value_bounds_every_gradient(tmp_path):
     probe = ClipProbe()
-    fit(tiny_train_config(tmp_path, f"trainer.gradient_clip_val={CLIP}", "trainer.gradient_clip_algorithm=value",
-                          "++trainer.limit_train_batches=2", *TRAIN_ONLY), probe)
+    fit(
+        tiny_train_config(
+            tmp_path,
+            f"trainer.gradient_clip_val={CLIP}",
+            "trainer.gradient_clip_algorithm=value",
+            "++trainer.limit_train_batches=2",
+            *TRAIN_ONLY,
+        ),
+        probe,
+    )
     assert len(probe.seen) == 2
     for (_, max_before), (_, max_seen) in zip(probe.before, probe.seen):
         assert max_before > 10 * CLIP
@@ -278,8 +304,13 @@ def test_ema_checkpoint_loads_for_evaluation_and_scores_what_validation_scored(e
     for key, value in net_state(loaded.state_dict()).items():
         assert torch.equal(value, checkpoint["state_dict"][key]), key
     # Validation during training ran on the averaged weights: scoring them again gives the same mIoU.
-    scorer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                       default_root_dir=tmp_path)
+    scorer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     (scores,) = scorer.validate(loaded, datamodule=instantiate(cfg.data), verbose=False)
     assert scores["val/mIoU"] == pytest.approx(float(trainer.callback_metrics["val/mIoU"]), abs=1e-6)
 
@@ -289,8 +320,13 @@ def test_testing_a_checkpoint_after_an_ema_fit_scores_the_averaged_weights(ema_r
     """train.py tests the best checkpoint with the fit's own Trainer, where the EMA callback still holds its
     averaged model; without SegmentationModule.on_load_checkpoint the callback would load the trained weights."""
     cfg, run_dir, trainer, module, ema, probe, checkpoint = ema_run
-    trainer.test(module, datamodule=instantiate(cfg.data), ckpt_path=str(run_dir / "checkpoints" / "last.ckpt"),
-                 weights_only=True, verbose=False)
+    trainer.test(
+        module,
+        datamodule=instantiate(cfg.data),
+        ckpt_path=str(run_dir / "checkpoints" / "last.ckpt"),
+        weights_only=True,
+        verbose=False,
+    )
     for key, value in net_state(module.state_dict()).items():
         assert torch.equal(value, checkpoint["state_dict"][key]), key
 
@@ -306,8 +342,9 @@ def test_resuming_an_ema_run_restores_trained_and_averaged_weights(ema_run, tmp_
     # Training goes on from the trained weights (and the run's best score), not from the averaged ones ...
     for key, value in float_params(checkpoint["current_model_state"]).items():
         assert torch.equal(resumed_probe.at_start[key], value), key
-    assert torch.equal(resumed_probe.at_start["val_miou_best.max_value"],
-                       checkpoint["current_model_state"]["val_miou_best.max_value"])
+    assert torch.equal(
+        resumed_probe.at_start["val_miou_best.max_value"], checkpoint["current_model_state"]["val_miou_best.max_value"]
+    )
     # ... and the average goes on from the checkpoint's: 4 + 2 updates, with the EMA recurrence.
     assert resumed.global_step == 6
     assert resumed_ema._latest_update_step == 6

@@ -83,7 +83,12 @@ def test_overrides_of_the_first_launch_then_each_resume_in_order(tmp_path):
         (run / ".hydra" / f"resume-{stamp}").mkdir()
         (run / ".hydra" / f"resume-{stamp}" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     assert resume.recorded_overrides(run) == [
-        "model=fcn", "trainer.max_epochs=4", "x=1", "ckpt_path=last", "trainer.max_epochs=9"]
+        "model=fcn",
+        "trainer.max_epochs=4",
+        "x=1",
+        "ckpt_path=last",
+        "trainer.max_epochs=9",
+    ]
     assert resume.recorded_overrides(run, skip=run / ".hydra" / "resume-2026-01-02")[-1] == "x=1"
 
 

@@ -75,10 +75,21 @@ def logged_rates(run_dir) -> list[tuple[int, float]]:
 @pytest.mark.slow
 def test_a_run_stopped_by_its_time_limit_ends_at_the_final_rate(tiny_train_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(timer_module, "time", FakeTime())
-    no_checkpoints = ["callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
-                      "+trainer.enable_checkpointing=false"]  # not what is tested, and most of the time
-    train(tiny_train_cfg("scheduler.warmup_steps=2", "trainer.max_epochs=1000", "trainer.max_time={seconds:4}",
-                         "trainer.log_every_n_steps=1", *no_checkpoints, output_dir=tmp_path / "run"))
+    no_checkpoints = [
+        "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        "+trainer.enable_checkpointing=false",
+    ]  # not what is tested, and most of the time
+    train(
+        tiny_train_cfg(
+            "scheduler.warmup_steps=2",
+            "trainer.max_epochs=1000",
+            "trainer.max_time={seconds:4}",
+            "trainer.log_every_n_steps=1",
+            *no_checkpoints,
+            output_dir=tmp_path / "run",
+        )
+    )
     rates = logged_rates(tmp_path / "run")
     steps = [step for step, _ in rates]
     assert steps == list(range(len(steps))) and 8 <= len(steps) < 100  # stopped by the budget, not max_epochs

@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import ROOT, TINY_DATA, compose_config, run_script, script_env
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.train import optimized_value, train
-from conftest import ROOT, TINY_DATA, compose_config, run_script, script_env
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +100,8 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(trained_run, tmp_
     state = torch.load(ckpt, weights_only=True)
     cfg = compose_config(
         "train",
-        TINY_DATA + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "logger=csv", "test=false",
-                     f"ckpt_path={ckpt}"],
+        TINY_DATA
+        + ["trainer.max_epochs=3", "trainer.accelerator=cpu", "logger=csv", "test=false", f"ckpt_path={ckpt}"],
         tmp_path / "resumed",
     )
     metrics = train(cfg)
@@ -115,8 +115,11 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(trained_run, tmp_
 
 def test_a_killed_run_resumes_in_place_with_nothing_lost(tmp_path):
     first = ["logger=wandb", "trainer.max_epochs=4", "test=false", "trainer.log_every_n_steps=1", *TINY_DATA]
-    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=5",  # 2 steps an epoch
-            "trusted_modules=[interrupt]"]
+    kill = [
+        "+callbacks.interrupt._target_=interrupt.KillAtStep",
+        "+callbacks.interrupt.step=5",  # 2 steps an epoch
+        "trusted_modules=[interrupt]",
+    ]
     proc = run_script(str(ROOT / "train.py"), *first, *kill, cwd=tmp_path)
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL in the middle of the third epoch
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
@@ -148,7 +151,13 @@ def test_a_killed_run_resumes_in_place_with_nothing_lost(tmp_path):
 
 def test_train_then_evaluate_scripts(tmp_path):
     proc = run_script(
-        str(ROOT / "train.py"), "model=fcn", "backbone=resnet18", "debug=fast", "logger=csv", *TINY_DATA, cwd=tmp_path,
+        str(ROOT / "train.py"),
+        "model=fcn",
+        "backbone=resnet18",
+        "debug=fast",
+        "logger=csv",
+        *TINY_DATA,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # under the working directory
@@ -156,7 +165,9 @@ def test_train_then_evaluate_scripts(tmp_path):
     trained = json.loads((run_dir / "metrics.json").read_text())["metrics"]
 
     proc = run_script(
-        str(ROOT / "evaluate.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path,
+        str(ROOT / "evaluate.py"),
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mIoU" in proc.stdout and "triangle" in proc.stdout and "Precision" in proc.stdout  # the printed tables
@@ -167,8 +178,14 @@ def test_train_then_evaluate_scripts(tmp_path):
 
 def test_unknown_backbone_fails_at_start_up_and_simultaneous_runs_get_their_own_directories(tmp_path):
     env = script_env()
-    args = [sys.executable, str(ROOT / "train.py"), "backbone.name=resnet5O", "logger=csv", *TINY_DATA,
-            f"paths.log_dir={tmp_path}"]
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "backbone.name=resnet5O",
+        "logger=csv",
+        *TINY_DATA,
+        f"paths.log_dir={tmp_path}",
+    ]
     procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in procs:
         _, stderr = proc.communicate(timeout=300)
@@ -179,8 +196,15 @@ def test_unknown_backbone_fails_at_start_up_and_simultaneous_runs_get_their_own_
 
 def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
     proc = run_script(
-        str(ROOT / "train.py"), "-m", "model=fcn,unet", "backbone=resnet18", "debug=fast", "logger=wandb",
-        *TINY_DATA, cwd=tmp_path, timeout=600,
+        str(ROOT / "train.py"),
+        "-m",
+        "model=fcn,unet",
+        "backbone=resnet18",
+        "debug=fast",
+        "logger=wandb",
+        *TINY_DATA,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()  # under the working directory
@@ -193,7 +217,9 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
         (wandb_run,) = (job / "wandb").glob("offline-run-*/*.wandb")  # one W&B run per job
         records = wandb_run.read_bytes()  # grouped by the sweep, tagged with the job's parameters
         assert protobuf_string(f"train-sweep-{sweep_dir.name}") in records
-        assert protobuf_string(f"model={model}") in records and protobuf_string("debug") in records  # debug=fast tags it
+        assert (
+            protobuf_string(f"model={model}") in records and protobuf_string("debug") in records
+        )  # debug=fast tags it
     assert models == ["segkit.models.FCN", "segkit.models.UNet"]
     # The sweep summary reads it back: a row per job, best first, with what was swept.
     proc = run_script(str(ROOT / "summarize_sweep.py"), str(sweep_dir), cwd=tmp_path)
@@ -207,13 +233,27 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
 
 
 def test_two_process_ddp_on_cpu_stops_together_resumes_and_agrees_across_ranks_and_with_one_process(tmp_path):
-    sigterm = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=1",
-               "+callbacks.interrupt.signum=15", "trusted_modules=[interrupt]"]  # mid-epoch: 2 steps an epoch
+    sigterm = [
+        "+callbacks.interrupt._target_=interrupt.KillAtStep",
+        "+callbacks.interrupt.step=1",
+        "+callbacks.interrupt.signum=15",
+        "trusted_modules=[interrupt]",
+    ]  # mid-epoch: 2 steps an epoch
     proc = run_script(
         # trainer=ddp as on a GPU machine, less what needs GPUs (SyncBatchNorm refuses CPU tensors).
-        str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.sync_batchnorm=false", "trainer.precision=32-true", *sigterm, "trainer.max_epochs=1",
-        "logger=wandb", "test=false", *TINY_DATA, "data.num_train=16", cwd=tmp_path,
+        str(ROOT / "train.py"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.sync_batchnorm=false",
+        "trainer.precision=32-true",
+        *sigterm,
+        "trainer.max_epochs=1",
+        "logger=wandb",
+        "test=false",
+        *TINY_DATA,
+        "data.num_train=16",
+        cwd=tmp_path,
     )
     assert proc.returncode == 128 + 15, proc.stderr[-3000:]  # every process stopped; the first one saved
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one run directory for both processes
@@ -226,8 +266,9 @@ def test_two_process_ddp_on_cpu_stops_together_resumes_and_agrees_across_ranks_a
     val = {k: v for k, v in ranks[0].items() if k.startswith("val/")}
     assert val and val == {k: v for k, v in ranks[1].items() if k.startswith("val/")}  # synced, identical
     # The checkpoint loads in one process and scores the same validation data to the same confusion matrix.
-    single = evaluate(compose_config("evaluate", [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
-                                     tmp_path / "eval"))
+    single = evaluate(
+        compose_config("evaluate", [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], tmp_path / "eval")
+    )
     assert single["val/mIoU"] == pytest.approx(val["val/mIoU"], abs=1e-6)
     assert single["val/pixel_acc"] == pytest.approx(val["val/pixel_acc"], abs=1e-6)
 
@@ -236,9 +277,23 @@ def test_torchrun_processes_share_one_run_directory(tmp_path):
     """Under torchrun every process composes its own config; they must still agree on the run directory."""
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node=2", "--master-port=29531"]
     proc = subprocess.run(
-        [*torchrun, str(ROOT / "train.py"), "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-         "trainer.max_epochs=1", "logger=wandb", "test=false", "data.num_workers=0", *TINY_DATA],
-        cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300,
+        [
+            *torchrun,
+            str(ROOT / "train.py"),
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "trainer.max_epochs=1",
+            "logger=wandb",
+            "test=false",
+            "data.num_workers=0",
+            *TINY_DATA,
+        ],
+        cwd=tmp_path,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
@@ -246,7 +301,9 @@ def test_torchrun_processes_share_one_run_directory(tmp_path):
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     ranks = [json.loads((run_dir / "ranks" / f"metrics.rank{r}.json").read_text())["metrics"] for r in (0, 1)]
     assert ranks[0]["val/mIoU"] == ranks[1]["val/mIoU"]
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1  # 8 images / (2 x 4)
+    assert (
+        torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    )  # 8 images / (2 x 4)
 
 
 def test_tensorboard_logger_records_scores_and_prediction_images(tiny_train_cfg, tmp_path):

@@ -23,8 +23,7 @@ from segkit.models.segformer import SegFormerDecoder
 from segkit.models.unet import UNetDecoder
 from segkit.models.upernet import UPerNetDecoder
 
-TINY_SWIN = {"name": "swin_tiny_patch4_window7_224", "embed_dim": 24, "depths": [1, 1, 1, 1],
-             "num_heads": [1, 1, 1, 1]}
+TINY_SWIN = {"name": "swin_tiny_patch4_window7_224", "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
 TINY_VIT16 = {"name": "vit_tiny_patch16_224", "depth": 4}
 TINY_VIT14 = {"name": "vit_small_patch14_dinov2", "depth": 4, "embed_dim": 96, "num_heads": 2}
 FAMILIES = {
@@ -40,8 +39,13 @@ FAMILIES = {
     "vit_fixed_size": {"name": "vit_tiny_patch16_224", "depth": 2, "dynamic_img_size": False, "img_size": 96},
 }
 # What each family needs of the input size: (multiple, fixed size).
-SIZE_RULES = {"swin": (4, None), "vit_patch16": (16, None), "vit_patch14": (14, None), "maxvit": (64, None),
-              "vit_fixed_size": (1, (96, 96))}
+SIZE_RULES = {
+    "swin": (4, None),
+    "vit_patch16": (16, None),
+    "vit_patch14": (14, None),
+    "maxvit": (64, None),
+    "vit_fixed_size": (1, (96, 96)),
+}
 NUM_CLASSES = 3
 
 
@@ -177,7 +181,9 @@ def test_a_fixed_size_model_pads_up_to_its_size_and_names_larger_inputs(shells):
 
 def test_a_backbone_that_takes_no_size_fails_when_built_with_the_reason(monkeypatch):
     monkeypatch.setattr(Backbone, "_probe", lambda self, size, c, ch: "RuntimeError: window mismatch")
-    with pytest.raises(UnsupportedBackboneError, match=r"fails on every input size tried(.|\n)*window mismatch(.|\n)*Fix"):
+    with pytest.raises(
+        UnsupportedBackboneError, match=r"fails on every input size tried(.|\n)*window mismatch(.|\n)*Fix"
+    ):
         Backbone("resnet18")
     monkeypatch.undo()
     with pytest.raises(UnsupportedBackboneError, match="features_only.*Fix"):
@@ -214,6 +220,11 @@ def test_the_rewritten_convolution_survives_channels_last_backward():
         "        convs(x).square().mean().backward()\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "MALLOC_CHECK_": "3"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MALLOC_CHECK_": "3"},
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

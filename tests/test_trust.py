@@ -36,8 +36,17 @@ def trained(tmp_path_factory) -> tuple[dict, dict]:
 
 
 def save_checkpoint(path: Path, hparams: dict, state_dict: dict, **extra) -> Path:
-    torch.save({"state_dict": state_dict, "hyper_parameters": hparams, "epoch": 0, "global_step": 1,
-                "pytorch-lightning_version": "2.6.6", **extra}, path)
+    torch.save(
+        {
+            "state_dict": state_dict,
+            "hyper_parameters": hparams,
+            "epoch": 0,
+            "global_step": 1,
+            "pytorch-lightning_version": "2.6.6",
+            **extra,
+        },
+        path,
+    )
     return path
 
 
@@ -58,9 +67,11 @@ def _loss_in_sum(hp, m):
 
 
 def _transform(hp, m):
-    hp["data"]["train_transforms"] = [{"_target_": "albumentations.HorizontalFlip", "p": 0.5},
-                                      {"_target_": "albumentations.ColorJitter", "p": 0.5},
-                                      {"_target_": "numpy.save", "file": str(m), "arr": [1, 2]}]
+    hp["data"]["train_transforms"] = [
+        {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
+        {"_target_": "albumentations.ColorJitter", "p": 0.5},
+        {"_target_": "numpy.save", "file": str(m), "arr": [1, 2]},
+    ]
     return hp["data"]["train_transforms"][2]
 
 
@@ -133,8 +144,11 @@ def task_configs(tmp_path_factory):
     image = save(root / "in" / "a.png", np.zeros((40, 56, 3), dtype=np.uint8))
     return {
         "evaluate": compose_config("evaluate", ["ckpt_path=x", "trainer.accelerator=cpu"], root / "evaluate"),
-        "predict": compose_config("predict", ["ckpt_path=x", f"input={image}", f"output={root / 'p'}",
-                                              "trainer.accelerator=cpu"], root / "predict"),
+        "predict": compose_config(
+            "predict",
+            ["ckpt_path=x", f"input={image}", f"output={root / 'p'}", "trainer.accelerator=cpu"],
+            root / "predict",
+        ),
         "export": compose_config("export", ["ckpt_path=x", f"output={root / 'e'}"], root / "export"),
     }
 
@@ -183,16 +197,19 @@ def test_lightning_loader_is_segkits_and_refuses_too(crafted):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("target", [
-    "torch.nn.Module.__init__",  # an attribute of a class
-    "segkit.models.UNet.register_forward_hook",
-    "torch.nn.functional.relu",  # a function of a trusted module
-    "segkit.data.check.run_check",  # a function of a trusted module
-    "segkit.losses.nn",  # a module
-    "segkit.models.backbone.Path",  # pathlib.Path, imported into a trusted module
-    "segkit.schedules._with_warmup",  # only the listed schedules of segkit.schedules
-    "segkit.models.NoSuchModel",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch.nn.Module.__init__",  # an attribute of a class
+        "segkit.models.UNet.register_forward_hook",
+        "torch.nn.functional.relu",  # a function of a trusted module
+        "segkit.data.check.run_check",  # a function of a trusted module
+        "segkit.losses.nn",  # a module
+        "segkit.models.backbone.Path",  # pathlib.Path, imported into a trusted module
+        "segkit.schedules._with_warmup",  # only the listed schedules of segkit.schedules
+        "segkit.models.NoSuchModel",
+    ],
+)
 def test_only_classes_of_trusted_modules_pass(target):
     with pytest.raises(UntrustedTargetError, match="Refusing"):
         check_target(target, key="k", source="test")
@@ -243,16 +260,20 @@ def test_a_users_package_is_trusted_by_the_command_never_by_the_checkpoint(train
     cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"], tmp_path / "eval")
     with pytest.raises(UntrustedTargetError):
         evaluate(cfg)
-    cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu",
-                                      f"trusted_modules=[{user_package}]"], tmp_path / "eval2")
+    cfg = compose_config(
+        "evaluate",
+        [f"ckpt_path={ckpt}", "trainer.accelerator=cpu", f"trusted_modules=[{user_package}]"],
+        tmp_path / "eval2",
+    )
     metrics = evaluate(cfg)
     assert 0 <= metrics["val/mIoU"] <= 1
 
     train_cfg = tiny_train_config(tmp_path / "train", f"loss._target_={user_package}.MyLoss")
     with pytest.raises(UntrustedTargetError, match="trusted_modules="):
         check_targets(train_cfg, source="the train config", trusted=train_cfg.trusted_modules)
-    train_cfg = tiny_train_config(tmp_path / "train", "loss=ce", f"loss._target_={user_package}.MyLoss",
-                                  f"trusted_modules=[{user_package}]")
+    train_cfg = tiny_train_config(
+        tmp_path / "train", "loss=ce", f"loss._target_={user_package}.MyLoss", f"trusted_modules=[{user_package}]"
+    )
     check_targets(train_cfg, source="the train config", trusted=train_cfg.trusted_modules)
     plain = {k: OmegaConf.to_container(train_cfg[k], resolve=True) for k in ("model", "loss", "optimizer", "data")}
     with pytest.raises(UntrustedTargetError, match="the SegmentationModule hyperparameters"):
@@ -277,9 +298,12 @@ def test_unreadable_and_foreign_files_say_what_to_do(trained, tmp_path):
     torch.save({"state_dict": state}, tmp_path / "nohparams.ckpt")
     torch.save({"state_dict": state, "hyper_parameters": {"model": {}}}, tmp_path / "partial.ckpt")
     torch.save({"state_dict": state, "hyper_parameters": hparams, "thing": Path("x")}, tmp_path / "objects.ckpt")
-    for name, says in (("list", "holds a list"), ("nohparams", "has no hyper_parameters"),
-                       ("partial", "has no hyper_parameters.loss"),
-                       ("objects", "more than tensors and plain data (Unsupported global: GLOBAL pathlib.PosixPath)")):
+    for name, says in (
+        ("list", "holds a list"),
+        ("nohparams", "has no hyper_parameters"),
+        ("partial", "has no hyper_parameters.loss"),
+        ("objects", "more than tensors and plain data (Unsupported global: GLOBAL pathlib.PosixPath)"),
+    ):
         with pytest.raises(CheckpointError) as info:
             load_module(tmp_path / f"{name}.ckpt")
         assert says in str(info.value) and "Fix: pass a checkpoint written by train.py" in str(info.value)
@@ -291,8 +315,9 @@ def test_metric_states_may_differ_but_weights_may_not(trained, tmp_path):
     older = {k: v for k, v in state.items() if k.startswith(("net.", "criterion."))}
     older["val_retired_metric.total"] = torch.zeros(1)
     module = load_module(save_checkpoint(tmp_path / "older.ckpt", hparams, older))
-    assert torch.equal(module.state_dict()["net.backbone.encoder.conv1.weight"],
-                       state["net.backbone.encoder.conv1.weight"])
+    assert torch.equal(
+        module.state_dict()["net.backbone.encoder.conv1.weight"], state["net.backbone.encoder.conv1.weight"]
+    )
     broken = {k: v for k, v in state.items() if k != "net.backbone.encoder.conv1.weight"}
     with pytest.raises(CheckpointError, match="missing net.backbone.encoder.conv1.weight"):
         load_module(save_checkpoint(tmp_path / "broken.ckpt", hparams, broken))

@@ -69,9 +69,7 @@ class PredictionSamples(L.Callback):
 
     def _active(self, trainer: L.Trainer) -> bool:
         return (
-            not trainer.sanity_checking
-            and trainer.is_global_zero
-            and trainer.current_epoch % self.every_n_epochs == 0
+            not trainer.sanity_checking and trainer.is_global_zero and trainer.current_epoch % self.every_n_epochs == 0
         )
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
@@ -126,13 +124,31 @@ class PredictionSamples(L.Callback):
 # The metric columns of TensorBoard's HParams view: one list for every run, so that the jobs of a sweep, and runs of
 # other settings, line up; TensorBoard reads each run's last value of these scalars (a metric a run never logged,
 # test/* with test=false, stays empty).
-HPARAMS_METRICS = ("val/mIoU_best", "val/mIoU", "val/mDice", "val/pixel_acc", "val/loss", "train/loss_epoch",
-                   "test/mIoU", "test/mDice", "test/pixel_acc", "test/loss")
+HPARAMS_METRICS = (
+    "val/mIoU_best",
+    "val/mIoU",
+    "val/mDice",
+    "val/pixel_acc",
+    "val/loss",
+    "train/loss_epoch",
+    "test/mIoU",
+    "test/mDice",
+    "test/pixel_acc",
+    "test/loss",
+)
 # The hyperparameters every run shows: the choice of each config group (model=unet) and a few values; besides them,
 # every value the run's command line set, and that command line as one string (`overrides`).
 HPARAMS_GROUPS = ("data", "model", "backbone", "loss", "optimizer", "scheduler", "augment", "experiment")
-HPARAMS_VALUES = ("optimizer.lr", "optimizer.weight_decay", "data.batch_size", "trainer.max_epochs",
-                  "trainer.max_time", "trainer.precision", "trainer.accumulate_grad_batches", "seed")
+HPARAMS_VALUES = (
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "data.batch_size",
+    "trainer.max_epochs",
+    "trainer.max_time",
+    "trainer.precision",
+    "trainer.accumulate_grad_batches",
+    "seed",
+)
 # Ticked first in the HParams view (TensorBoard ticks five, by name), with the values the command line set.
 SHOWN_FIRST = {"model", "backbone", "data", "loss", "optimizer.lr"}
 # Overrides that say where or how a run is recorded, not what it trains.
@@ -238,8 +254,9 @@ def run_hparams(config: dict[str, Any], choices: dict[str, Any], overrides: Sequ
     return {key: _hparam_value(value) for key, value in params.items()}
 
 
-def write_hparams(logger: TensorBoardLogger, params: dict[str, Any], metrics: Sequence[str],
-                  first: Sequence[str] = ()) -> None:
+def write_hparams(
+    logger: TensorBoardLogger, params: dict[str, Any], metrics: Sequence[str], first: Sequence[str] = ()
+) -> None:
     """The HParams plugin's records (experiment, session start and end) in the logger's run. Unlike
     TensorBoardLogger.log_hyperparams(params, metrics), no metric value is logged again at step 0: the view reads
     each metric's last value from the run's own scalars. The hyperparameters named in `first` are marked as the
@@ -257,6 +274,7 @@ def write_hparams(logger: TensorBoardLogger, params: dict[str, Any], metrics: Se
     for summary in (experiment, start, end):
         writer.add_summary(summary)
     writer.flush()
+
 
 class TimeBudget(L.Callback):
     """With a time limit (`trainer.max_time`: Lightning's Timer), sizes the learning-rate schedule to the time: at the
@@ -276,8 +294,7 @@ class TimeBudget(L.Callback):
 
     @staticmethod
     def _timer(trainer: L.Trainer) -> Timer | None:
-        return next((cb for cb in trainer.callbacks if isinstance(cb, Timer) and cb.time_remaining() is not None),
-                    None)
+        return next((cb for cb in trainer.callbacks if isinstance(cb, Timer) and cb.time_remaining() is not None), None)
 
     # Validation, or an epoch boundary, between two batches is not batch time.
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -296,8 +313,9 @@ class TimeBudget(L.Callback):
         elapsed, remaining = timer.time_elapsed(), timer.time_remaining()
         if self._last is not None:
             batch_s = elapsed - self._last
-            self._batch_s = batch_s if self._batch_s is None else (
-                (1 - self.smoothing) * self._batch_s + self.smoothing * batch_s)
+            self._batch_s = (
+                batch_s if self._batch_s is None else ((1 - self.smoothing) * self._batch_s + self.smoothing * batch_s)
+            )
         self._last = elapsed
         progress = (elapsed + (self._batch_s or 0.0)) / max(elapsed + remaining, 1e-9)
         progress = float(trainer.strategy.broadcast(min(1.0, progress)))
@@ -308,6 +326,7 @@ class TimeBudget(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._stop:
             trainer.should_stop = True
+
 
 class PredictionTable(L.Callback):
     """A W&B table of the first `max_rows` evaluated images: name, the image with ground truth and prediction
@@ -331,8 +350,10 @@ class PredictionTable(L.Callback):
             gt, pr = mask.cpu().numpy().astype(np.int64), pred.cpu().numpy().astype(np.int64)
             labelled = gt != self.ignore_index if self.ignore_index is not None else np.ones_like(gt, bool)
             accuracy = float((gt == pr)[labelled].mean()) if labelled.any() else float("nan")
-            masks = {"ground_truth": {"mask_data": gt, "class_labels": self.labels},
-                     "prediction": {"mask_data": pr, "class_labels": self.labels}}
+            masks = {
+                "ground_truth": {"mask_data": gt, "class_labels": self.labels},
+                "prediction": {"mask_data": pr, "class_labels": self.labels},
+            }
             self.rows.append([name, wandb.Image(to_rgb(image), masks=masks), accuracy])
 
     def _log(self, trainer: L.Trainer, split: str) -> None:

@@ -44,12 +44,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"Checkpoint \"{path}\" does not exist. Fix: pass ckpt_path=<run dir>/checkpoints/last.ckpt "
+            f'Checkpoint "{path}" does not exist. Fix: pass ckpt_path=<run dir>/checkpoints/last.ckpt '
             "(or a best-*.ckpt) of a finished training run."
         )
     if not zipfile.is_zipfile(path):  # what torch.save has written since 1.6; anything else is cut short or foreign
         raise CheckpointError(
-            f"Checkpoint \"{path}\" cannot be read: it is truncated or no checkpoint at all (no complete zip "
+            f'Checkpoint "{path}" cannot be read: it is truncated or no checkpoint at all (no complete zip '
             f"archive in its {path.stat().st_size} bytes). {FIX_CORRUPT}"
         )
     try:
@@ -59,15 +59,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         found = re.search(r"Unsupported (global|operand):? (GLOBAL )?[\w.]+", str(err))
         what = f" ({found.group(0)})" if found else ""
         raise CheckpointError(
-            f"Checkpoint \"{path}\" holds more than tensors and plain data{what}; segkit checkpoints never do, "
+            f'Checkpoint "{path}" holds more than tensors and plain data{what}; segkit checkpoints never do, '
             f"and segkit does not load such files. {FIX_NOT_SEGKIT}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().split(". ")[0] if str(err).strip() else "unexpected end of file"
-        raise CheckpointError(f"Checkpoint \"{path}\" cannot be read: {first}. {FIX_CORRUPT}") from None
+        raise CheckpointError(f'Checkpoint "{path}" cannot be read: {first}. {FIX_CORRUPT}') from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
-            f"\"{path}\" is not a segkit checkpoint: it holds a {type(checkpoint).__name__}, not a checkpoint "
+            f'"{path}" is not a segkit checkpoint: it holds a {type(checkpoint).__name__}, not a checkpoint '
             f"dict. {FIX_NOT_SEGKIT}"
         )
     return checkpoint
@@ -80,21 +80,20 @@ def stored_hparams(checkpoint: dict[str, Any], path: str | Path) -> dict[str, An
     if not missing:
         missing = [f"hyper_parameters.{key}" for key in REQUIRED if not isinstance(hparams.get(key), dict)]
     if missing:
-        raise CheckpointError(
-            f"\"{path}\" is not a segkit checkpoint: it has no {', '.join(missing)}. {FIX_NOT_SEGKIT}"
-        )
+        raise CheckpointError(f'"{path}" is not a segkit checkpoint: it has no {", ".join(missing)}. {FIX_NOT_SEGKIT}')
     unknown = sorted(set(hparams) - set(HPARAMS), key=str)
     if unknown:
         key = unknown[0]
         raise CheckpointError(
-            f"Refusing hyper_parameters.{key} = \"{str(hparams[key])[:200]}\" from checkpoint {path}: segkit "
+            f'Refusing hyper_parameters.{key} = "{str(hparams[key])[:200]}" from checkpoint {path}: segkit '
             f"stores only {', '.join(HPARAMS)} there, so this file was not written by segkit's training or was "
             "altered (Lightning's own loader would call an _instantiator). Fix: do not use this file; take the "
             "checkpoint from the run that wrote it, or train again."
         )
     if hparams.get("scheduler") is not None and not isinstance(hparams["scheduler"], dict):
-        raise CheckpointError(f"\"{path}\" is not a segkit checkpoint: hyper_parameters.scheduler is not a config. "
-                              f"{FIX_NOT_SEGKIT}")
+        raise CheckpointError(
+            f'"{path}" is not a segkit checkpoint: hyper_parameters.scheduler is not a config. {FIX_NOT_SEGKIT}'
+        )
     return hparams
 
 
@@ -124,7 +123,7 @@ def load_state(module: SegmentationModule, state_dict: dict[str, Any], path: str
         shown = [f"missing {k}" for k in missing[:5]] + [f"unexpected {k}" for k in unexpected[:5]]
         more = len(missing) + len(unexpected) - len(shown)
         raise CheckpointError(
-            f"Checkpoint \"{path}\": its weights do not fit the network its config builds ({', '.join(shown)}"
+            f'Checkpoint "{path}": its weights do not fit the network its config builds ({", ".join(shown)}'
             f"{f', and {more} more' if more > 0 else ''}). It was probably written by another version of the "
             "model code. Fix: evaluate it with the segkit version that trained it, or train again."
         )

@@ -147,8 +147,9 @@ def _unknown_message(key: str, parent: str, part: str, rest: list[str], keys: li
         return f"Unknown key {key}: {parent} holds no keys yet. Fix: add it with +{line}."
     scores = {k: difflib.SequenceMatcher(None, part, k).ratio() for k in keys}
     best = max(scores.values())
-    close = sorted((k for k, score in scores.items() if score >= 0.6 and score >= best - 0.1), key=scores.get,
-                   reverse=True)[:3]
+    close = sorted(
+        (k for k, score in scores.items() if score >= 0.6 and score >= best - 0.1), key=scores.get, reverse=True
+    )[:3]
     if close:
         guesses = " or ".join(".".join(filter(None, [parent, k, *rest])) for k in close)
         return f"Unknown key {key}. Did you mean {guesses}? {add}"
@@ -169,18 +170,39 @@ def validate(cfg: DictConfig, task: str) -> DictConfig:
             _check_data(node, name, errors)
     optimizer = _node(cfg, "optimizer")
     if optimizer is not None:
-        _check(optimizer, "optimizer", "lr", errors, _number(minimum=0, strict=True), "optimizer.lr=0.001",
-               "a number > 0 (the learning rate)")
-        _check(optimizer, "optimizer", "weight_decay", errors, _number(minimum=0), "optimizer.weight_decay=0.0001",
-               "a number >= 0")
+        _check(
+            optimizer,
+            "optimizer",
+            "lr",
+            errors,
+            _number(minimum=0, strict=True),
+            "optimizer.lr=0.001",
+            "a number > 0 (the learning rate)",
+        )
+        _check(
+            optimizer,
+            "optimizer",
+            "weight_decay",
+            errors,
+            _number(minimum=0),
+            "optimizer.weight_decay=0.0001",
+            "a number >= 0",
+        )
     trainer = _node(cfg, "trainer")
     if trainer is not None:
         _check_trainer(trainer, errors)
     inference = _node(cfg, "inference")
     if inference is not None:
         for key in ("crop_size", "stride"):
-            _check(inference, "inference", key, errors, _size(), f"inference.{key}=[512,512]",
-                   "null, two whole numbers >= 1 (H, W) or one for a square")
+            _check(
+                inference,
+                "inference",
+                key,
+                errors,
+                _size(),
+                f"inference.{key}=[512,512]",
+                "null, two whole numbers >= 1 (H, W) or one for a square",
+            )
     if task == "predict":
         _check(cfg, "", "batch_size", errors, _int(minimum=1), "batch_size=8", "a whole number >= 1")
         _check(cfg, "", "num_workers", errors, _int(minimum=0), "num_workers=2", "a whole number >= 0")
@@ -191,22 +213,58 @@ def validate(cfg: DictConfig, task: str) -> DictConfig:
 
 
 def _check_data(data: DictConfig, prefix: str, errors: list[str]) -> None:
-    _check(data, prefix, "batch_size", errors, _int(minimum=1), f"{prefix}.batch_size=8",
-           "a whole number >= 1 (images per training batch)")
-    _check(data, prefix, "eval_batch_size", errors, _int(minimum=1, none=True), f"{prefix}.eval_batch_size=1",
-           "null (the batch size) or a whole number >= 1")
-    _check(data, prefix, "num_workers", errors, _auto_or(_int(minimum=0)), f"{prefix}.num_workers=auto",
-           "auto (follows the machine's CPUs) or a whole number >= 0 (DataLoader worker processes; 0 reads in the "
-           "main process)")
+    _check(
+        data,
+        prefix,
+        "batch_size",
+        errors,
+        _int(minimum=1),
+        f"{prefix}.batch_size=8",
+        "a whole number >= 1 (images per training batch)",
+    )
+    _check(
+        data,
+        prefix,
+        "eval_batch_size",
+        errors,
+        _int(minimum=1, none=True),
+        f"{prefix}.eval_batch_size=1",
+        "null (the batch size) or a whole number >= 1",
+    )
+    _check(
+        data,
+        prefix,
+        "num_workers",
+        errors,
+        _auto_or(_int(minimum=0)),
+        f"{prefix}.num_workers=auto",
+        "auto (follows the machine's CPUs) or a whole number >= 0 (DataLoader worker processes; 0 reads in the "
+        "main process)",
+    )
     for key in SIZE_KEYS:
-        _check(data, prefix, key, errors, _size(), f"{prefix}.{key}=[256,256]",
-               "two whole numbers >= 1 (H, W), or one for a square")
+        _check(
+            data,
+            prefix,
+            key,
+            errors,
+            _size(),
+            f"{prefix}.{key}=[256,256]",
+            "two whole numbers >= 1 (H, W), or one for a square",
+        )
     _check(data, prefix, "in_channels", errors, _int(minimum=1), f"{prefix}.in_channels=3", "a whole number >= 1")
     _check(data, prefix, "repeat", errors, _int(minimum=1), f"{prefix}.repeat=1", "a whole number >= 1")
-    ignore = _check(data, prefix, "ignore_index", errors, _int(none=True), f"{prefix}.ignore_index=255",
-                    "null or a whole number")
-    num_classes = _check(data, prefix, "num_classes", errors, _int(minimum=2), f"{prefix}.num_classes=2",
-                         "a whole number >= 2 (binary segmentation is 2 classes: background and foreground)")
+    ignore = _check(
+        data, prefix, "ignore_index", errors, _int(none=True), f"{prefix}.ignore_index=255", "null or a whole number"
+    )
+    num_classes = _check(
+        data,
+        prefix,
+        "num_classes",
+        errors,
+        _int(minimum=2),
+        f"{prefix}.num_classes=2",
+        "a whole number >= 2 (binary segmentation is 2 classes: background and foreground)",
+    )
     if num_classes is ABSENT:
         return
     for key, what in (("class_names", "one name per class"), ("palette", "one [R, G, B] colour per class")):
@@ -235,23 +293,58 @@ def _check_data(data: DictConfig, prefix: str, errors: list[str]) -> None:
 
 
 def _check_trainer(trainer: DictConfig, errors: list[str]) -> None:
-    max_epochs = _check(trainer, "trainer", "max_epochs", errors, _int(minimum=1, none=True, also=(-1,)),
-                        "trainer.max_epochs=8", "a whole number >= 1, -1 (no limit) or null (Lightning's default)")
-    min_epochs = _check(trainer, "trainer", "min_epochs", errors, _int(minimum=0, none=True),
-                        "trainer.min_epochs=1", "null or a whole number >= 0")
+    max_epochs = _check(
+        trainer,
+        "trainer",
+        "max_epochs",
+        errors,
+        _int(minimum=1, none=True, also=(-1,)),
+        "trainer.max_epochs=8",
+        "a whole number >= 1, -1 (no limit) or null (Lightning's default)",
+    )
+    min_epochs = _check(
+        trainer,
+        "trainer",
+        "min_epochs",
+        errors,
+        _int(minimum=0, none=True),
+        "trainer.min_epochs=1",
+        "null or a whole number >= 0",
+    )
     if isinstance(max_epochs, int) and isinstance(min_epochs, int) and max_epochs >= 1 and min_epochs > max_epochs:
         errors.append(
             f"trainer.min_epochs={min_epochs} is more than trainer.max_epochs={max_epochs}: Lightning stops at "
             f"max_epochs regardless. Fix: lower trainer.min_epochs or raise trainer.max_epochs."
         )
-    _check(trainer, "trainer", "accumulate_grad_batches", errors, _int(minimum=1),
-           "trainer.accumulate_grad_batches=1", "a whole number >= 1 (batches per optimizer step)")
+    _check(
+        trainer,
+        "trainer",
+        "accumulate_grad_batches",
+        errors,
+        _int(minimum=1),
+        "trainer.accumulate_grad_batches=1",
+        "a whole number >= 1 (batches per optimizer step)",
+    )
     _check(trainer, "trainer", "num_nodes", errors, _int(minimum=1), "trainer.num_nodes=1", "a whole number >= 1")
-    _check(trainer, "trainer", "devices", errors, _devices, "trainer.devices=1",
-           "a whole number >= 1, -1 (all), auto, a list of device ids like [0,1], or a string like '0,1'")
+    _check(
+        trainer,
+        "trainer",
+        "devices",
+        errors,
+        _devices,
+        "trainer.devices=1",
+        "a whole number >= 1, -1 (all), auto, a list of device ids like [0,1], or a string like '0,1'",
+    )
     precisions = lightning_precisions()
-    _check(trainer, "trainer", "precision", errors, _one_of(precisions), "trainer.precision=32-true (or bf16-mixed "
-           "on a GPU)", "one of " + ", ".join(map(str, precisions)))
+    _check(
+        trainer,
+        "trainer",
+        "precision",
+        errors,
+        _one_of(precisions),
+        "trainer.precision=32-true (or bf16-mixed on a GPU)",
+        "one of " + ", ".join(map(str, precisions)),
+    )
 
 
 def lightning_precisions() -> tuple[Any, ...]:
@@ -261,8 +354,21 @@ def lightning_precisions() -> tuple[Any, ...]:
     try:
         from lightning.fabric import connector
     except ImportError:  # pragma: no cover - Lightning is a dependency
-        return ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", 64, 32, 16, "64", "32", "16",
-                "bf16")
+        return (
+            "32-true",
+            "16-mixed",
+            "bf16-mixed",
+            "16-true",
+            "bf16-true",
+            "64-true",
+            64,
+            32,
+            16,
+            "64",
+            "32",
+            "16",
+            "bf16",
+        )
     names = ("_PRECISION_INPUT_STR", "_PRECISION_INPUT_INT", "_PRECISION_INPUT_STR_ALIAS")
     return tuple(value for name in names if hasattr(connector, name) for value in get_args(getattr(connector, name)))
 

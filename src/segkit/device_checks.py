@@ -137,8 +137,10 @@ class Machine:
         if kind == "cuda":
             if self.gpu_capability < (7, 0):
                 major, minor = self.gpu_capability
-                return (f"its GPU backend (Triton) needs CUDA capability 7.0 or newer, and {self.gpu_name} has "
-                        f"{major}.{minor}")
+                return (
+                    f"its GPU backend (Triton) needs CUDA capability 7.0 or newer, and {self.gpu_name} has "
+                    f"{major}.{minor}"
+                )
             if not self.triton:
                 return "its GPU backend needs the triton package, which is not installed"
         if kind == "cpu" and not self.cpp_compiler:
@@ -181,7 +183,7 @@ def check_devices(cfg: DictConfig, machine: Machine | None = None) -> DictConfig
 
 
 def _kind(trainer: DictConfig, machine: Machine, errors: list[str]) -> str | None:
-    """"cuda", "cpu", "mps", or None for what is left to Lightning (TPUs, custom accelerators, a GPU trainer
+    """ "cuda", "cpu", "mps", or None for what is left to Lightning (TPUs, custom accelerators, a GPU trainer
     without a GPU, which is recorded in `errors`)."""
     accelerator = str(trainer.get("accelerator", "auto")).lower()
     if accelerator in ("gpu", "cuda"):
@@ -221,8 +223,9 @@ def _requested(devices: Any) -> int | list[int] | str:
     return int(text)
 
 
-def _check_devices_count(trainer: DictConfig, kind: str | None, machine: Machine, errors: list[str],
-                         notes: list[tuple[int, str]]) -> int:
+def _check_devices_count(
+    trainer: DictConfig, kind: str | None, machine: Machine, errors: list[str], notes: list[tuple[int, str]]
+) -> int:
     """The processes the run starts on this machine (1 when it cannot tell), recording a count it cannot meet."""
     try:
         wanted = _requested(trainer.get("devices", 1))
@@ -258,9 +261,14 @@ def _check_devices_count(trainer: DictConfig, kind: str | None, machine: Machine
             )
             return len(wanted)
         if wanted > machine.cpus:
-            notes.append((logging.WARNING, f"trainer.devices={shown} starts {wanted} CPU processes on "
-                          f"{machine.cpus} usable cores: they will slow each other down. Fix: "
-                          f"trainer.devices={machine.cpus} or fewer."))
+            notes.append(
+                (
+                    logging.WARNING,
+                    f"trainer.devices={shown} starts {wanted} CPU processes on "
+                    f"{machine.cpus} usable cores: they will slow each other down. Fix: "
+                    f"trainer.devices={machine.cpus} or fewer.",
+                )
+            )
         return wanted
     return wanted if isinstance(wanted, int) else 1
 
@@ -268,13 +276,19 @@ def _check_devices_count(trainer: DictConfig, kind: str | None, machine: Machine
 def _check_sync_batchnorm(trainer: DictConfig, kind: str, notes: list[tuple[int, str]]) -> None:
     if kind != "cuda" and bool(trainer.get("sync_batchnorm", False)):
         trainer.sync_batchnorm = False
-        notes.append((logging.INFO, f"trainer.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm refuses "
-                      f"{kind.upper()} tensors): turned off, so each process normalises with its own batch "
-                      "statistics."))
+        notes.append(
+            (
+                logging.INFO,
+                f"trainer.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm refuses "
+                f"{kind.upper()} tensors): turned off, so each process normalises with its own batch "
+                "statistics.",
+            )
+        )
 
 
-def _check_precision(trainer: DictConfig, kind: str, machine: Machine, errors: list[str],
-                     notes: list[tuple[int, str]]) -> None:
+def _check_precision(
+    trainer: DictConfig, kind: str, machine: Machine, errors: list[str], notes: list[tuple[int, str]]
+) -> None:
     precision = str(trainer.get("precision", "32-true"))
     if kind == "cpu" and precision in ("16-mixed", "16"):
         errors.append(
@@ -283,18 +297,33 @@ def _check_precision(trainer: DictConfig, kind: str, machine: Machine, errors: l
             "trainer.precision=32-true."
         )
     elif kind == "cpu" and precision.startswith("bf16") and not machine.cpu_bf16:
-        notes.append((logging.WARNING, f"trainer.precision={precision} on a CPU without bf16 instructions "
-                      "(AVX512-BF16 or AMX): bf16 is emulated, several times slower than 32-bit. Fix: "
-                      "trainer.precision=32-true."))
+        notes.append(
+            (
+                logging.WARNING,
+                f"trainer.precision={precision} on a CPU without bf16 instructions "
+                "(AVX512-BF16 or AMX): bf16 is emulated, several times slower than 32-bit. Fix: "
+                "trainer.precision=32-true.",
+            )
+        )
     elif kind == "cuda" and precision.startswith("bf16") and not machine.gpu_bf16:
         gpu = f"{machine.gpu_name} (CUDA capability {'.'.join(map(str, machine.gpu_capability))})"
         if precision in ("bf16-mixed", "bf16"):
             trainer.precision = "16-mixed"
-            notes.append((logging.INFO, f"{gpu} has no native bf16: trainer.precision={precision} became 16-mixed "
-                          "(fp16 with loss scaling)."))
+            notes.append(
+                (
+                    logging.INFO,
+                    f"{gpu} has no native bf16: trainer.precision={precision} became 16-mixed "
+                    "(fp16 with loss scaling).",
+                )
+            )
         else:
-            notes.append((logging.WARNING, f"trainer.precision={precision} on {gpu}, which has no native bf16: "
-                          "emulated and slow. Fix: trainer.precision=16-mixed."))
+            notes.append(
+                (
+                    logging.WARNING,
+                    f"trainer.precision={precision} on {gpu}, which has no native bf16: "
+                    "emulated and slow. Fix: trainer.precision=16-mixed.",
+                )
+            )
 
 
 def _check_compile(cfg: DictConfig, kind: str, machine: Machine, errors: list[str]) -> None:

@@ -47,8 +47,10 @@ class Inference:
         return self.mode == "whole" and self.scales == [1.0] and not self.flip
 
     def __repr__(self) -> str:
-        return (f"Inference(mode={self.mode}, crop_size={self.crop_size}, stride={self.stride}, scales={self.scales}, "
-                f"flip={self.flip})")
+        return (
+            f"Inference(mode={self.mode}, crop_size={self.crop_size}, stride={self.stride}, scales={self.scales}, "
+            f"flip={self.flip})"
+        )
 
     @torch.no_grad()
     def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -56,8 +58,10 @@ class Inference:
         size = images.shape[-2:]
         total, passes = None, 0
         for scale in self.scales:
-            scaled = images if scale == 1.0 else F.interpolate(
-                images, scale_factor=scale, mode="bilinear", align_corners=False
+            scaled = (
+                images
+                if scale == 1.0
+                else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
             )
             for flipped in (False, True) if self.flip else (False,):
                 logits = self.logits(net, scaled.flip(-1) if flipped else scaled)

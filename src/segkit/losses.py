@@ -25,7 +25,10 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
-            logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index,
+            logits.float(),
+            target,
+            weight=self.class_weights,
+            ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
         )
 

@@ -47,7 +47,8 @@ class SegmentationModule(L.LightningModule):
         # Every config checked before the first call, the optimizer's and scheduler's included.
         check_targets(
             {"model": model, "loss": loss, "optimizer": optimizer, "scheduler": scheduler, "data": data},
-            source=HPARAMS_SOURCE, trusted=self.trusted_modules,
+            source=HPARAMS_SOURCE,
+            trusted=self.trusted_modules,
         )
         self.num_classes = int(data["num_classes"])
         self.class_names = list(data["class_names"])
@@ -80,7 +81,7 @@ class SegmentationModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str | Path, map_location: Any = None, trusted_modules: Sequence[str] = (), **kwargs: Any
-    ) -> "SegmentationModule":
+    ) -> SegmentationModule:
         """Lightning's loader would call what a checkpoint names (its `_instantiator` hook) and take
         hyperparameters from anywhere; this one is `segkit.checkpoints.load_module`, which checks first."""
         from segkit.checkpoints import load_module

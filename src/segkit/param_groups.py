@@ -27,8 +27,18 @@ KEY = "param_groups"
 SETTINGS = {"backbone_lr_mult": 1.0, "no_weight_decay": False, "layer_decay": None}
 # Parameters without weight decay besides 1-D ones (norm weights, biases, layer scales), by the last part of
 # their name: position embeddings, relative position tables and tokens.
-NO_DECAY_NAMES = ("pos_embed", "pos_embd", "absolute_pos_embed", "relative_position_bias_table", "rel_pos_h",
-                  "rel_pos_w", "cls_token", "reg_token", "dist_token", "mask_token")
+NO_DECAY_NAMES = (
+    "pos_embed",
+    "pos_embd",
+    "absolute_pos_embed",
+    "relative_position_bias_table",
+    "rel_pos_h",
+    "rel_pos_w",
+    "cls_token",
+    "reg_token",
+    "dist_token",
+    "mask_token",
+)
 
 
 class ParamGroupsError(ValueError):
@@ -52,11 +62,15 @@ def split_optimizer_config(optimizer: Mapping[str, Any]) -> tuple[dict[str, Any]
     settings = {**SETTINGS, **settings}
     mult, decay = settings["backbone_lr_mult"], settings["layer_decay"]
     if not isinstance(mult, (int, float)) or isinstance(mult, bool) or mult < 0:
-        raise ParamGroupsError(f"optimizer.{KEY}.backbone_lr_mult={mult!r}: a number >= 0 (0 freezes the backbone's "
-                               "updates). Fix: e.g. 0.1.")
+        raise ParamGroupsError(
+            f"optimizer.{KEY}.backbone_lr_mult={mult!r}: a number >= 0 (0 freezes the backbone's "
+            "updates). Fix: e.g. 0.1."
+        )
     if decay is not None and (not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay <= 1):
-        raise ParamGroupsError(f"optimizer.{KEY}.layer_decay={decay!r}: a number in (0, 1], or null for none. "
-                               "Fix: e.g. 0.65 (MAE) or 0.9 (BEiT).")
+        raise ParamGroupsError(
+            f"optimizer.{KEY}.layer_decay={decay!r}: a number in (0, 1], or null for none. "
+            "Fix: e.g. 0.65 (MAE) or 0.9 (BEiT)."
+        )
     return config, settings
 
 
@@ -85,12 +99,15 @@ def parameter_groups(
                 layer = layers.get(id(param), head_layer - 1)
                 scale *= float(settings["layer_decay"]) ** (head_layer - layer)
                 group += f".layer_{layer:02d}"
-        decays = not (settings["no_weight_decay"] and _no_decay(encoder_names.get(id(param), name), param,
-                                                                no_decay_extra if in_backbone else set()))
+        decays = not (
+            settings["no_weight_decay"]
+            and _no_decay(encoder_names.get(id(param), name), param, no_decay_extra if in_backbone else set())
+        )
         if not decays:
             group += ".no_decay"
-        entry = groups.setdefault(group, {"params": [], "lr": lr * scale,
-                                          "weight_decay": weight_decay if decays else 0.0, "name": group})
+        entry = groups.setdefault(
+            group, {"params": [], "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0, "name": group}
+        )
         entry["params"].append(param)
     return list(groups.values())
 
@@ -139,7 +156,7 @@ def _layer_ids(backbone: nn.Module | None) -> tuple[dict[int, int], int]:
     if model is None or not hasattr(model, "group_matcher"):
         name = getattr(backbone, "name", "this backbone")
         raise ParamGroupsError(
-            f"optimizer.{KEY}.layer_decay is for ViT-style backbones (timm's blocks, in order); \"{name}\" is not one. "
+            f'optimizer.{KEY}.layer_decay is for ViT-style backbones (timm\'s blocks, in order); "{name}" is not one. '
             f"Fix: optimizer.{KEY}.layer_decay=null, and optimizer.{KEY}.backbone_lr_mult for a lower backbone rate."
         )
     by_name = group_parameters(model, model.group_matcher(coarse=False), reverse=True)

@@ -86,8 +86,10 @@ def plan(runs_dir: str | Path, ckpt_path: str | None) -> ResumePlan:
     if str(ckpt_path) == LAST:
         runs = runs_newest_first(runs_dir)
         if not runs:
-            raise ResumeError(f"ckpt_path=last: there is no run under {runs_dir}. Fix: start one, or pass "
-                              "ckpt_path=<run directory or .ckpt file>.")
+            raise ResumeError(
+                f"ckpt_path=last: there is no run under {runs_dir}. Fix: start one, or pass "
+                "ckpt_path=<run directory or .ckpt file>."
+            )
         newest, state = runs[0], newest_state(runs[0])
         if state is None:
             others = [f"  {r}" for r in runs[1:] if (r / LAST_CHECKPOINT).is_file()][:5]
@@ -102,12 +104,16 @@ def plan(runs_dir: str | Path, ckpt_path: str | None) -> ResumePlan:
     if path.is_dir():
         state = newest_state(path) if is_run(path) else None
         if state is None:
-            raise ResumeError(f"ckpt_path={ckpt_path}: not a run directory with {LAST_CHECKPOINT}. Fix: pass a run "
-                              f"directory (under {runs_dir}) or a .ckpt file.")
+            raise ResumeError(
+                f"ckpt_path={ckpt_path}: not a run directory with {LAST_CHECKPOINT}. Fix: pass a run "
+                f"directory (under {runs_dir}) or a .ckpt file."
+            )
         return ResumePlan(state, path.resolve())
     if not path.is_file():
-        raise ResumeError(f"ckpt_path={ckpt_path}: no such checkpoint file. Fix: pass ckpt_path=last, a run "
-                          "directory, or an existing .ckpt file.")
+        raise ResumeError(
+            f"ckpt_path={ckpt_path}: no such checkpoint file. Fix: pass ckpt_path=last, a run "
+            "directory, or an existing .ckpt file."
+        )
     return ResumePlan(path, run_of(path))
 
 
@@ -208,8 +214,9 @@ def process_start_time(pid: int) -> datetime | None:
     """When process `pid` started (Linux /proc), identical for every process that asks."""
     try:
         ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
     except (OSError, ValueError, IndexError, StopIteration):
         return None
     return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))

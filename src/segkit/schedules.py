@@ -93,13 +93,15 @@ def poly(
     optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0, warmup_start: float = 0.1
 ) -> WarmupDecayLR:
     """lr * (1 - t/T)^power after a linear warm-up: the DeepLab / MMSegmentation default."""
-    return WarmupDecayLR(optimizer, total_steps, "poly", power=power, warmup_steps=warmup_steps,
-                         warmup_start=warmup_start)
+    return WarmupDecayLR(
+        optimizer, total_steps, "poly", power=power, warmup_steps=warmup_steps, warmup_start=warmup_start
+    )
 
 
 def cosine(
     optimizer: Optimizer, total_steps: int, min_lr: float = 0.0, warmup_steps: int = 0, warmup_start: float = 0.1
 ) -> WarmupDecayLR:
     """Cosine from lr down to `min_lr` after a linear warm-up."""
-    return WarmupDecayLR(optimizer, total_steps, "cosine", min_lr=min_lr, warmup_steps=warmup_steps,
-                         warmup_start=warmup_start)
+    return WarmupDecayLR(
+        optimizer, total_steps, "cosine", min_lr=min_lr, warmup_steps=warmup_steps, warmup_start=warmup_start
+    )

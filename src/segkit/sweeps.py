@@ -24,8 +24,14 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
         metrics_file = job_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.is_file() else None
-        jobs.append({"job": int(job_dir.name), "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
-                     "metrics": metrics, "dir": str(job_dir)})
+        jobs.append(
+            {
+                "job": int(job_dir.name),
+                "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
+                "metrics": metrics,
+                "dir": str(job_dir),
+            }
+        )
     if not jobs:
         raise SystemExit(f"{sweep_dir}: no job folders (0/, 1/, ...). Pass a multirun directory.")
     return jobs
@@ -33,8 +39,7 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def summarize(sweep_dir: Path, metric: str, columns: list[str]) -> list[dict[str, Any]]:
     jobs = read_jobs(sweep_dir)
-    swept = sorted({k for job in jobs for k in job["overrides"]
-                    if len({j["overrides"].get(k) for j in jobs}) > 1})
+    swept = sorted({k for job in jobs for k in job["overrides"] if len({j["overrides"].get(k) for j in jobs}) > 1})
     rows = []
     for job in jobs:
         m = job["metrics"] or {}
@@ -61,10 +66,12 @@ def write_outputs(sweep_dir: Path, rows: list[dict[str, Any]], metric: str) -> N
         writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_fmt(row[k]) for k in keys) + " |" for row in rows]
-    (sweep_dir / "summary.md").write_text(f"# {sweep_dir.name}: jobs by {metric}\n\n" + "\n".join(lines) + "\n"
-                                          + optuna_best(sweep_dir))
-    bar_chart(rows, metric, [k for k in keys if k not in ("job", "status") and k != metric and "/" not in k]
-              ).save(sweep_dir / "summary.png")
+    (sweep_dir / "summary.md").write_text(
+        f"# {sweep_dir.name}: jobs by {metric}\n\n" + "\n".join(lines) + "\n" + optuna_best(sweep_dir)
+    )
+    bar_chart(rows, metric, [k for k in keys if k not in ("job", "status") and k != metric and "/" not in k]).save(
+        sweep_dir / "summary.png"
+    )
 
 
 def optuna_best(sweep_dir: Path) -> str:
@@ -99,4 +106,3 @@ def bar_chart(rows: list[dict[str, Any]], metric: str, label_keys: list[str]) ->
         else:
             draw.text((label_w, y + 4), "no result", fill=(200, 0, 0))
     return image
-

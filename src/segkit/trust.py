@@ -36,14 +36,16 @@ TRUSTED_MODULES: tuple[str, ...] = (
 )
 # Callables allowed by exact name: functions (configs give them as `_partial_` factories) and classes defined
 # outside the modules above.
-TRUSTED_CALLABLES: frozenset[str] = frozenset({
-    "segkit.schedules.poly",
-    "segkit.schedules.cosine",
-    # Their address until the module was renamed: the scheduler config stored in older checkpoints names it.
-    "segkit.optim.poly",
-    "segkit.optim.cosine",
-    "lightning.pytorch.Trainer",
-})
+TRUSTED_CALLABLES: frozenset[str] = frozenset(
+    {
+        "segkit.schedules.poly",
+        "segkit.schedules.cosine",
+        # Their address until the module was renamed: the scheduler config stored in older checkpoints names it.
+        "segkit.optim.poly",
+        "segkit.optim.cosine",
+        "lightning.pytorch.Trainer",
+    }
+)
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _HOW_TO_TRUST = (
@@ -68,7 +70,7 @@ def trusted_prefixes(trusted: Sequence[str] | str | None) -> tuple[str, ...]:
         name = str(entry).strip().rstrip(".")
         if not _DOTTED.fullmatch(name):
             raise ValueError(
-                f"trusted_modules entry \"{entry}\" is not a dotted module name. Fix: list package or module "
+                f'trusted_modules entry "{entry}" is not a dotted module name. Fix: list package or module '
                 "names, e.g. trusted_modules=[mypkg,otherpkg.models]."
             )
         prefixes.append(name)
@@ -81,7 +83,7 @@ def _under(name: str, prefixes: Sequence[str]) -> bool:
 
 def _refuse(key: str, target: Any, source: str, why: str) -> UntrustedTargetError:
     return UntrustedTargetError(
-        f"Refusing {key} = \"{target}\" from {source}: {why}. segkit only builds classes of its own models, "
+        f'Refusing {key} = "{target}" from {source}: {why}. segkit only builds classes of its own models, '
         "losses, data, loggers and callbacks, of torch.nn, torch.optim, albumentations and Lightning, and the "
         f"schedules of segkit.schedules. {_HOW_TO_TRUST}"
     )
@@ -124,7 +126,7 @@ def check_target(target: Any, *, key: str, source: str, trusted: Sequence[str] =
         raise _refuse(key, target, source, "it is a module, not a class")
     defined_in = getattr(obj, "__module__", None)
     if not isinstance(defined_in, str) or not _under(defined_in, allowed):
-        raise _refuse(key, target, source, f"it is defined in \"{defined_in}\", an untrusted module")
+        raise _refuse(key, target, source, f'it is defined in "{defined_in}", an untrusted module')
     if isinstance(obj, type):
         return
     if callable(obj) and _under(target, user) and _under(defined_in, user):
@@ -145,8 +147,9 @@ def _walk(node: Any, key: str, source: str, visit: Callable[[str, Any], None]) -
                 value = node[name]
             except OmegaConfBaseException as err:  # unresolvable or ???: instantiate fails before any call
                 if name == "_target_":
-                    raise _refuse(path, node._get_node(name)._value(), source,
-                                  f"it cannot be resolved ({type(err).__name__})") from None
+                    raise _refuse(
+                        path, node._get_node(name)._value(), source, f"it cannot be resolved ({type(err).__name__})"
+                    ) from None
                 continue
             _visit_or_walk(name, value, path, source, visit)
     elif isinstance(node, Mapping):
@@ -177,9 +180,7 @@ def _interpolation(node: Any, key: str) -> tuple[str, str] | None:
     return next((found for path, value in items if (found := _interpolation(value, path))), None)
 
 
-def check_targets(
-    cfg: Any, *, source: str, trusted: Sequence[str] = (), key: str = "", resolved: bool = False
-) -> None:
+def check_targets(cfg: Any, *, source: str, trusted: Sequence[str] = (), key: str = "", resolved: bool = False) -> None:
     """Refuse, before anything is called, a config naming any `_target_` that is not allowed.
 
     `source` says where the config came from (a checkpoint path, a run directory file), for the message;
@@ -194,7 +195,7 @@ def check_targets(
         found = _interpolation(cfg, key)
         if found and resolved:
             raise UntrustedTargetError(
-                f"Refusing {found[0]} = \"{found[1]}\" from {source}: a stored config holds no interpolations "
+                f'Refusing {found[0]} = "{found[1]}" from {source}: a stored config holds no interpolations '
                 "(segkit saves its configs resolved), and resolving one could build objects no check has seen. "
                 "Fix: do not use this file; take the checkpoint from the run that wrote it, or train again."
             )

@@ -116,8 +116,12 @@ def suite_settings(cfg: DictConfig, device: torch.device, machine: Machine) -> l
     fp16 = device.type == "cuda" and not machine.gpu_bf16
     settings = []
     for item in cfg.gpu.settings:
-        setting = {"name": str(item.name), "precision": str(item.precision), "channels_last": bool(item.channels_last),
-                   "compile": bool(item.compile)}
+        setting = {
+            "name": str(item.name),
+            "precision": str(item.precision),
+            "channels_last": bool(item.channels_last),
+            "compile": bool(item.compile),
+        }
         if fp16 and setting["precision"].startswith("bf16"):
             setting |= {"precision": "16-mixed", "name": setting["name"].replace("bf16", "fp16")}
         settings.append(setting)
@@ -142,17 +146,24 @@ def _attempt(measure: Callable[[], Any], device: torch.device) -> tuple[Any, str
         _free(device)
 
 
-def measure_setting(cfg: DictConfig, setting: dict[str, Any], device: torch.device, output_dir: Path,
-                    repeats: int, bare: bool = True) -> dict[str, Any]:
+def measure_setting(
+    cfg: DictConfig, setting: dict[str, Any], device: torch.device, output_dir: Path, repeats: int, bare: bool = True
+) -> dict[str, Any]:
     """One row: each figure of segkit.bench.model.FIGURES as a list over the repeats (the bare loop left out when
     `bare` is false); `note` says what failed."""
     batch, size = int(cfg.gpu.batch_size), tuple(int(s) for s in cfg.gpu.image_size)
     total = cfg.warmup_steps + cfg.steps
     data = FixedBatches(batch * total, batch * 2, cfg.data.in_channels, size, cfg.data.num_classes, cfg.seed)
-    loader = DataLoader(data, batch_size=batch, shuffle=False, drop_last=True, collate_fn=collate,
-                        pin_memory=device.type == "cuda")
-    row: dict[str, Any] = {"batch_size": batch, "image_size": list(size), **setting,
-                           **{key: [] for key in FIGURES}, "note": None}
+    loader = DataLoader(
+        data, batch_size=batch, shuffle=False, drop_last=True, collate_fn=collate, pin_memory=device.type == "cuda"
+    )
+    row: dict[str, Any] = {
+        "batch_size": batch,
+        "image_size": list(size),
+        **setting,
+        **{key: [] for key in FIGURES},
+        "note": None,
+    }
     for _ in range(repeats):
         train, note = _attempt(lambda: measure_lightning(cfg, loader, setting, device, output_dir), device)
         loop = None
@@ -235,20 +246,35 @@ def real_run(cfg: DictConfig, device: torch.device, precision: str) -> dict[str,
     warmup, steps = int(spec.warmup_steps), int(spec.steps)
     share = LoadingShare(warmup, device)
     trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
-        max_steps=warmup + steps + 1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, callbacks=[share],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=warmup + steps + 1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        callbacks=[share],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     reset_peak_memory(device)
     trainer.fit(module, datamodule=datamodule)
     total, waiting = sum(share.step_s), sum(share.wait_s)
     ordered = sorted(share.step_s)
     return {
-        "what": what, "overrides": overrides, "precision": precision, "steps": len(share.step_s),
-        "batch_size": datamodule.batch_size, "crop_size": datamodule.crop_size, "num_workers": datamodule.num_workers,
-        "pin_memory": datamodule.pin_memory, "img_s": share.images / total if total else None,
+        "what": what,
+        "overrides": overrides,
+        "precision": precision,
+        "steps": len(share.step_s),
+        "batch_size": datamodule.batch_size,
+        "crop_size": datamodule.crop_size,
+        "num_workers": datamodule.num_workers,
+        "pin_memory": datamodule.pin_memory,
+        "img_s": share.images / total if total else None,
         "median_step_ms": 1000 * ordered[len(ordered) // 2] if ordered else None,
-        "loading_share_pct": 100 * waiting / total if total else None, "peak_mb": peak_memory_mb(device),
+        "loading_share_pct": 100 * waiting / total if total else None,
+        "peak_mb": peak_memory_mb(device),
     }
 
 
@@ -263,10 +289,18 @@ def measure_suite(cfg: DictConfig, device: torch.device, output_dir: Path, machi
     peak, peak_source = peak_tflops(name, cfg.gpu.get("peak_tflops"))
     repeats = max(1, int(cfg.gpu.repeats))
     report: dict[str, Any] = {
-        "device": name, "peak_tflops": peak, "peak_source": peak_source,
-        "date": datetime.date.today().isoformat(), "versions": _versions(),
-        "batch_size": int(cfg.gpu.batch_size), "image_size": [int(s) for s in cfg.gpu.image_size],
-        "repeats": repeats, "flops": {}, "rows": [], "real_run": None, "skipped": [],
+        "device": name,
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "date": datetime.date.today().isoformat(),
+        "versions": _versions(),
+        "batch_size": int(cfg.gpu.batch_size),
+        "image_size": [int(s) for s in cfg.gpu.image_size],
+        "repeats": repeats,
+        "flops": {},
+        "rows": [],
+        "real_run": None,
+        "skipped": [],
     }
     models = [(entry, model_config(cfg, entry)) for entry in cfg.gpu.models]
     rows: dict[tuple[str, str], dict] = {}
@@ -279,8 +313,9 @@ def measure_suite(cfg: DictConfig, device: torch.device, output_dir: Path, machi
         if setting["compile"] and compile_problem:
             report["skipped"].append(f"{key[0]}, {key[1]}: torch.compile cannot run here ({compile_problem})")
             return
-        row = measure_setting(model_cfg, setting, device, output_dir, 1 if setting["compile"] else repeats,
-                              bare=not setting["compile"])
+        row = measure_setting(
+            model_cfg, setting, device, output_dir, 1 if setting["compile"] else repeats, bare=not setting["compile"]
+        )
         rows[key] = {"model": key[0], "setting": key[1], **row}
 
     for entry, model_cfg in models:  # what matters most first: every model without compile, and its FLOPs
@@ -319,17 +354,23 @@ def _summarize(row: dict[str, Any]) -> dict[str, Any]:
 
 def _with_mfu(row: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     flops, peak = report["flops"].get(row["model"]), report["peak_tflops"]
-    for figure, rate, kind in (("train_mfu_pct", "train_img_s", "train_step"), ("infer_mfu_pct", "infer_img_s",
-                                                                                "forward")):
+    for figure, rate, kind in (
+        ("train_mfu_pct", "train_img_s", "train_step"),
+        ("infer_mfu_pct", "infer_img_s", "forward"),
+    ):
         ok = flops is not None and peak and row.get(rate) is not None
         row[figure] = 100 * row[rate] * flops[kind] / (peak * 1e12) if ok else None
     return row
 
 
 def _versions() -> dict[str, Any]:
-    return {"torch": torch.__version__, "lightning": L.__version__, "cuda": torch.version.cuda,
-            "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
-            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+    return {
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }
 
 
 def _fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
@@ -345,8 +386,11 @@ def markdown(report: dict[str, Any]) -> str:
     skipped."""
     h, w = report["image_size"]
     versions = report["versions"]
-    peak = (f"{report['peak_tflops']:g} TFLOP/s ({report['peak_source']})" if report["peak_tflops"]
-            else f"unknown ({report['peak_source']})")
+    peak = (
+        f"{report['peak_tflops']:g} TFLOP/s ({report['peak_source']})"
+        if report["peak_tflops"]
+        else f"unknown ({report['peak_source']})"
+    )
     lines = [
         f"**{report['device']}**, {report['date']}: torch {versions['torch']}, Lightning {versions['lightning']}, "
         f"CUDA {versions['cuda']}; batch {report['batch_size']} at {h} x {w}, each figure the median of "
@@ -356,8 +400,10 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for model, flops in report["flops"].items():
-        lines.append(f"| {model} | {flops['parameters'] / 1e6:.1f} M | {flops['forward'] / 1e9:.1f} | "
-                     f"{flops['train_step'] / 1e9:.1f} |")
+        lines.append(
+            f"| {model} | {flops['parameters'] / 1e6:.1f} M | {flops['forward'] / 1e9:.1f} | "
+            f"{flops['train_step'] / 1e9:.1f} |"
+        )
     lines += [
         "",
         "| model | setting | train img/s | bare loop img/s | overhead | train MFU | infer img/s | infer MFU | "
@@ -365,10 +411,19 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
-        cells = [row["model"], row["setting"], _fmt(row["train_img_s"]), _fmt(row["bare_img_s"]),
-                 "—" if row["overhead_pct"] is None else f"{row['overhead_pct']:+.1f}%",
-                 _fmt(row["train_mfu_pct"], 1, "%"), _fmt(row["infer_img_s"]), _fmt(row["infer_mfu_pct"], 1, "%"),
-                 _fmt(_gb(row["train_peak_mb"]), 2), _fmt(_gb(row["infer_peak_mb"]), 2), row.get("note") or ""]
+        cells = [
+            row["model"],
+            row["setting"],
+            _fmt(row["train_img_s"]),
+            _fmt(row["bare_img_s"]),
+            "—" if row["overhead_pct"] is None else f"{row['overhead_pct']:+.1f}%",
+            _fmt(row["train_mfu_pct"], 1, "%"),
+            _fmt(row["infer_img_s"]),
+            _fmt(row["infer_mfu_pct"], 1, "%"),
+            _fmt(_gb(row["train_peak_mb"]), 2),
+            _fmt(_gb(row["infer_peak_mb"]), 2),
+            row.get("note") or "",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     run = report.get("real_run")
     if run:
@@ -395,10 +450,15 @@ def write_report(report: dict[str, Any], output_dir: Path) -> tuple[Path, Path]:
 
 
 def no_cuda_message() -> str:
-    why = (f"this PyTorch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None
-           else "torch.cuda.is_available() is False")
-    return (f"No CUDA GPU on this machine ({why}): the GPU suite measures nothing here. Run `make bench-gpu` on a "
-            "machine with an NVIDIA GPU; `make bench` measures this one.")
+    why = (
+        f"this PyTorch ({torch.__version__}) is built without CUDA"
+        if torch.version.cuda is None
+        else "torch.cuda.is_available() is False"
+    )
+    return (
+        f"No CUDA GPU on this machine ({why}): the GPU suite measures nothing here. Run `make bench-gpu` on a "
+        "machine with an NVIDIA GPU; `make bench` measures this one."
+    )
 
 
 def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
@@ -413,4 +473,3 @@ def run_suite(cfg: DictConfig) -> dict[str, Any] | None:
     print(markdown(report))
     print(f"Results: {json_path} and {md_path} ({report['elapsed_s']:.0f} s)")
     return report
-

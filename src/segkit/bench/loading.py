@@ -17,8 +17,10 @@ FIGURES = ("img_s", "ms_per_batch")
 def bench_loading(cfg: DictConfig) -> list[dict[str, Any]]:
     """One row per worker count; `img_s` and `ms_per_batch` are lists with one value per repeat (the worker counts
     take turns within each repeat, so a drift of the machine hits them alike)."""
-    rows = [{"data": None, "workers": int(workers), "batch_size": None, "img_s": [], "ms_per_batch": []}
-            for workers in cfg.workers]
+    rows = [
+        {"data": None, "workers": int(workers), "batch_size": None, "img_s": [], "ms_per_batch": []}
+        for workers in cfg.workers
+    ]
     for _ in range(max(1, int(cfg.repeats))):
         for row in rows:
             datamodule = instantiate(cfg.data, num_workers=row["workers"])

@@ -28,8 +28,7 @@ from segkit.data.dataset import collate
 from segkit.tasks.train import build_module
 
 # What each setting measures, once per repeat.
-FIGURES = ("train_img_s", "bare_img_s", "overhead_pct", "infer_img_s", "train_peak_mb", "bare_peak_mb",
-           "infer_peak_mb")
+FIGURES = ("train_img_s", "bare_img_s", "overhead_pct", "infer_img_s", "train_peak_mb", "bare_peak_mb", "infer_peak_mb")
 
 
 class FixedBatches(Dataset):
@@ -157,8 +156,13 @@ def measure_inference(cfg, images, setting, device) -> tuple[float, float]:
 def settings(cfg: DictConfig) -> list[dict[str, Any]]:
     grid = itertools.product(cfg.batch_sizes, cfg.image_sizes, cfg.precisions, cfg.channels_last, cfg.compile)
     return [
-        {"batch_size": int(b), "image_size": [int(s[0]), int(s[1])], "precision": str(p),
-         "channels_last": bool(c), "compile": bool(k)}
+        {
+            "batch_size": int(b),
+            "image_size": [int(s[0]), int(s[1])],
+            "precision": str(p),
+            "channels_last": bool(c),
+            "compile": bool(k),
+        }
         for b, s, p, c, k in grid
     ]
 
@@ -173,16 +177,23 @@ def bench_model(cfg: DictConfig, output_dir) -> list[dict[str, Any]]:
         batch, size = setting["batch_size"], tuple(setting["image_size"])
         total = cfg.warmup_steps + cfg.steps
         data = FixedBatches(batch * total, batch * 2, cfg.data.in_channels, size, cfg.data.num_classes, cfg.seed)
-        loader = DataLoader(data, batch_size=batch, shuffle=False, drop_last=True, collate_fn=collate,
-                            pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            data, batch_size=batch, shuffle=False, drop_last=True, collate_fn=collate, pin_memory=device.type == "cuda"
+        )
         figures: dict[str, list[float]] = {key: [] for key in FIGURES}
         for _ in range(max(1, int(cfg.repeats))):
             train_s, train_mb = measure_lightning(cfg, loader, setting, device, output_dir)
             bare_s, bare_mb = measure_bare(cfg, loader, setting, device)
             infer_s, infer_mb = measure_inference(cfg, data.images[:batch], setting, device)
-            for key, value in (("train_img_s", batch / train_s), ("bare_img_s", batch / bare_s),
-                               ("overhead_pct", 100 * (train_s / bare_s - 1)), ("infer_img_s", batch / infer_s),
-                               ("train_peak_mb", train_mb), ("bare_peak_mb", bare_mb), ("infer_peak_mb", infer_mb)):
+            for key, value in (
+                ("train_img_s", batch / train_s),
+                ("bare_img_s", batch / bare_s),
+                ("overhead_pct", 100 * (train_s / bare_s - 1)),
+                ("infer_img_s", batch / infer_s),
+                ("train_peak_mb", train_mb),
+                ("bare_peak_mb", bare_mb),
+                ("infer_peak_mb", infer_mb),
+            ):
                 figures[key].append(value)
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         rows.append({**setting, "device": device_name, **figures})

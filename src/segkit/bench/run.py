@@ -24,12 +24,26 @@ from segkit.bench.model import bench_model
 
 # JSON key -> column heading. Figures measured once per repeat are reported as median (min-max).
 COLUMNS = {
-    "model": {"batch_size": "batch", "image_size": "H x W", "precision": "precision", "channels_last": "ch.last",
-              "compile": "compile", "train_img_s": "train img/s", "bare_img_s": "bare loop img/s",
-              "overhead_pct": "overhead %", "infer_img_s": "infer img/s", "train_peak_mb": "train peak MB",
-              "infer_peak_mb": "infer peak MB"},
-    "data": {"data": "datamodule", "workers": "workers", "batch_size": "batch", "img_s": "img/s",
-             "ms_per_batch": "ms/batch"},
+    "model": {
+        "batch_size": "batch",
+        "image_size": "H x W",
+        "precision": "precision",
+        "channels_last": "ch.last",
+        "compile": "compile",
+        "train_img_s": "train img/s",
+        "bare_img_s": "bare loop img/s",
+        "overhead_pct": "overhead %",
+        "infer_img_s": "infer img/s",
+        "train_peak_mb": "train peak MB",
+        "infer_peak_mb": "infer peak MB",
+    },
+    "data": {
+        "data": "datamodule",
+        "workers": "workers",
+        "batch_size": "batch",
+        "img_s": "img/s",
+        "ms_per_batch": "ms/batch",
+    },
 }
 
 
@@ -73,8 +87,10 @@ def spread_warnings(rows: list[dict[str, Any]], target: str) -> list[str]:
     if not rows:
         return []
     if len(rows[0].get(f"{'overhead_pct' if target == 'model' else 'img_s'}_repeats", [])) < 2:
-        return ["One repeat per figure: its spread is unknown, and so is whether the differences in the table are "
-                "more than noise. Measure with repeats=3 or more."]
+        return [
+            "One repeat per figure: its spread is unknown, and so is whether the differences in the table are "
+            "more than noise. Measure with repeats=3 or more."
+        ]
     found = []
     if target == "model":
         for row in rows:
@@ -138,7 +154,9 @@ def run(cfg: DictConfig) -> list[dict]:
     warnings = spread_warnings(rows, cfg.target)
     for warning in warnings:
         console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
-    write_json(output_dir / "bench.json",
-               {"config": OmegaConf.to_container(cfg, resolve=True), "rows": rows, "warnings": warnings})
+    write_json(
+        output_dir / "bench.json",
+        {"config": OmegaConf.to_container(cfg, resolve=True), "rows": rows, "warnings": warnings},
+    )
     print(f"Results: {output_dir / 'bench.json'}")
     return rows

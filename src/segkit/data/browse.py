@@ -45,4 +45,3 @@ def _pad_width(picture: np.ndarray, width: int) -> np.ndarray:
         return picture
     pad = np.full((picture.shape[0], width - picture.shape[1], 3), 255, dtype=np.uint8)
     return np.concatenate([picture, pad], axis=1)
-

@@ -131,4 +131,3 @@ def run_check(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(weights, output_dir / "class_weights.yaml")
     print(f"Report: {output_dir / 'report.json'}")
     return out
-

@@ -182,8 +182,11 @@ class FolderDataModule(FileDataModule):
                 f"The {split} split is empty: data.splits has no {split} entry ({where}, data.split_by="
                 f"{self.split_by}, data.splits={_as_override(self.splits)}). "
                 f"Fix: add one, e.g. data.splits.{split}={example}"
-                + (", or run with test=false (train.py scores the test split after fitting when test=true)."
-                   if split == "test" else ".")
+                + (
+                    ", or run with test=false (train.py scores the test split after fitting when test=true)."
+                    if split == "test"
+                    else "."
+                )
             )
         image_dir, mask_dir = self._dirs(split)
         pattern = self.image_pattern(split)
@@ -342,8 +345,11 @@ class ListFileDataModule(FileDataModule):
                 f"The {split} split is empty: data.lists has no {split} entry (data.root={self.root}, data.lists="
                 f"{_as_override(self.lists)}). Fix: add one, e.g. data.lists.{split}={split}.txt (a file of "
                 f"`image mask` lines relative to data.root)"
-                + (", or run with test=false (train.py scores the test split after fitting when test=true)."
-                   if split == "test" else ".")
+                + (
+                    ", or run with test=false (train.py scores the test split after fitting when test=true)."
+                    if split == "test"
+                    else "."
+                )
             )
         if not (self.root / self.lists[split]).is_file():
             return missing_list(self.root / self.lists[split], split, f"data.lists.{split}", self.root).message

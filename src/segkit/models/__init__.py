@@ -7,5 +7,13 @@ from segkit.models.segformer import SegFormer
 from segkit.models.unet import UNet
 from segkit.models.upernet import UPerNet
 
-__all__ = ["Backbone", "UnknownBackboneError", "UnsupportedBackboneError", "SegmentationModel", "FCN", "UNet",
-           "UPerNet", "SegFormer"]
+__all__ = [
+    "Backbone",
+    "UnknownBackboneError",
+    "UnsupportedBackboneError",
+    "SegmentationModel",
+    "FCN",
+    "UNet",
+    "UPerNet",
+    "SegFormer",
+]

@@ -66,8 +66,8 @@ def check_backbone_name(name: str) -> None:
     hint = f" Closest timm models: {', '.join(close)}." if close else ""
     # No single quotes: Hydra shows the repr of this message, which would escape them.
     raise UnknownBackboneError(
-        f"Unknown backbone \"{name}\".{hint} Fix: set backbone.name to a timm model name; "
-        f"search them with timm.list_models(\"*{arch[:4]}*\")."
+        f'Unknown backbone "{name}".{hint} Fix: set backbone.name to a timm model name; '
+        f'search them with timm.list_models("*{arch[:4]}*").'
     )
 
 
@@ -137,7 +137,7 @@ class Backbone(nn.Module):
         if pyramid:
             if not plain:
                 raise UnsupportedBackboneError(
-                    f"backbone.pyramid=true is for plain ViTs, whose features share one stride; \"{name}\" gives "
+                    f'backbone.pyramid=true is for plain ViTs, whose features share one stride; "{name}" gives '
                     f"strides {strides}. Fix: backbone.pyramid=null (or false) for this backbone."
                 )
             blocks = self._pyramid_blocks(name, out_indices)
@@ -155,10 +155,14 @@ class Backbone(nn.Module):
         # Why the network cannot be exported for every image size (None: it can); export.py then fixes one.
         self.dynamic_export_problem: str | None = None
         if self.pads:
-            rule = (f"a multiple of {self.size_multiple}" if not self.fixed_size
-                    else f"exactly {self.fixed_size[0]}x{self.fixed_size[1]}")
-            log.info("Backbone %s takes images of %s: inputs are padded (bottom, right) and logits cropped back.",
-                     name, rule)
+            rule = (
+                f"a multiple of {self.size_multiple}"
+                if not self.fixed_size
+                else f"exactly {self.fixed_size[0]}x{self.fixed_size[1]}"
+            )
+            log.info(
+                "Backbone %s takes images of %s: inputs are padded (bottom, right) and logits cropped back.", name, rule
+            )
             self.dynamic_export_problem = (
                 f"backbone {name} takes images of {rule} (they are padded, the logits cropped), which torch.export "
                 "cannot trace for symbolic sizes"
@@ -171,7 +175,7 @@ class Backbone(nn.Module):
         if out_indices is None:
             if not depth or not hasattr(self.encoder, "out_indices"):
                 raise UnsupportedBackboneError(
-                    f"Cannot tell the blocks of \"{name}\" to build its feature pyramid from. Fix: list them, "
+                    f'Cannot tell the blocks of "{name}" to build its feature pyramid from. Fix: list them, '
                     "e.g. backbone.out_indices=[2,5,8,11] (four blocks, shallow first, or one for all levels)."
                 )
             blocks = evenly_spaced_blocks(depth)
@@ -202,8 +206,9 @@ class Backbone(nn.Module):
         for module in self.encoder.modules():
             for attr in ("window_size", "partition_size", "grid_size"):
                 value = getattr(module, attr, None)
-                if isinstance(value, int) or (isinstance(value, (tuple, list)) and value and
-                                              all(isinstance(v, int) for v in value)):
+                if isinstance(value, int) or (
+                    isinstance(value, (tuple, list)) and value and all(isinstance(v, int) for v in value)
+                ):
                     windows.add(max(value) if isinstance(value, (tuple, list)) else value)
             patch = getattr(module, "patch_size", None)
             if isinstance(patch, (int, tuple, list)) and patch:
@@ -234,14 +239,16 @@ class Backbone(nn.Module):
                     log.warning(
                         "Backbone %s takes only %dx%d images: smaller ones are padded up to it, larger ones fail. "
                         "Give timm another size with backbone.img_size=[H,W] if your crops or windows are larger.",
-                        self.name, *fixed)
+                        self.name,
+                        *fixed,
+                    )
                     return 1, fixed
                 errors.append(f"{fixed[0]}x{fixed[1]} (its own size): {error}")
         finally:
             self.encoder.train(training)
         tried = "\n  ".join(errors)
         raise UnsupportedBackboneError(
-            f"Backbone \"{self.name}\" fails on every input size tried, so it cannot serve as an encoder here:\n  "
+            f'Backbone "{self.name}" fails on every input size tried, so it cannot serve as an encoder here:\n  '
             f"{tried}\nFix: choose another timm backbone (CNNs, ConvNeXt, Swin, PVTv2, plain ViTs and most "
             "hierarchical transformers work), or give timm the size the model needs, e.g. backbone.img_size=[H,W] "
             "(a key timm takes), with crops and inference windows of that size."
@@ -270,7 +277,7 @@ class Backbone(nn.Module):
                 torch._check(w <= fw)
             elif h > fh or w > fw:
                 raise ValueError(
-                    f"Backbone \"{self.name}\" takes images of at most {fh}x{fw} (it has one fixed size); got "
+                    f'Backbone "{self.name}" takes images of at most {fh}x{fw} (it has one fixed size); got '
                     f"{h}x{w}. Fix: crops of at most that size (data.crop_size) and inference=slide with windows of "
                     f"it, or backbone.img_size=[H,W] to build it for larger images."
                 )
@@ -360,8 +367,13 @@ def _sidestep_onednn_1x1_stride_crash(encoder: nn.Module) -> str | None:
     """
     problems = []
     for name, conv in encoder.named_modules():
-        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride != (1, 1)
-                and conv.groups == 1 and conv.in_channels < 16):
+        if not (
+            isinstance(conv, nn.Conv2d)
+            and conv.kernel_size == (1, 1)
+            and conv.stride != (1, 1)
+            and conv.groups == 1
+            and conv.in_channels < 16
+        ):
             continue
         padding = (0, 0) if isinstance(conv.padding, str) else tuple(conv.padding)
         if conv.padding_mode != "zeros":
@@ -371,8 +383,10 @@ def _sidestep_onednn_1x1_stride_crash(encoder: nn.Module) -> str | None:
         conv.stride, conv.padding = (1, 1), (0, 0)
         conv.register_forward_pre_hook(_subsample_input)
     if problems:
-        return (f"the 1x1 stride-2 convolutions {problems} crash oneDNN in backward on channels-last tensors "
-                "(PyTorch 2.14, CPU) and could not be rewritten")
+        return (
+            f"the 1x1 stride-2 convolutions {problems} crash oneDNN in backward on channels-last tensors "
+            "(PyTorch 2.14, CPU) and could not be rewritten"
+        )
     return None
 
 

@@ -25,8 +25,11 @@ def fused_strides(variant: str, strides: list[int]) -> list[int]:
         return chain
     possible = [v for v in VARIANTS if (c := _halvings(deepest, int(v[:-1]))) and all(s in strides for s in c[1:])]
     why = f"it has no stride-{missing[0]} features" if chain else f"its deepest stride is {deepest}"
-    fix = (f"model.variant={possible[-1]} for this backbone" if possible else
-           "a backbone with features at strides 8, 16 and 32")
+    fix = (
+        f"model.variant={possible[-1]} for this backbone"
+        if possible
+        else "a backbone with features at strides 8, 16 and 32"
+    )
     if len(set(strides)) == 1:
         fix += ", or, for a plain ViT, backbone.pyramid=null (its default), which gives strides 4, 8, 16 and 32"
     raise ValueError(
@@ -66,7 +69,9 @@ class FCNDecoder(nn.Module):
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
         # Skip scorers and 2x upsamplers, deepest skip first.
         self.skip_scores = nn.ModuleList(nn.Conv2d(channels[i], num_classes, 1) for i in self.skip_index)
-        for score in self.skip_scores:  # skips start silent: training begins from the coarse prediction, as in the paper
+        for (
+            score
+        ) in self.skip_scores:  # skips start silent: training begins from the coarse prediction, as in the paper
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
         self.skip_up = nn.ModuleList(Upsample(num_classes, 2, upsample) for _ in self.skip_index)

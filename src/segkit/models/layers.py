@@ -102,8 +102,13 @@ class Upsample(nn.Module):
         if mode == "transposed":
             groups = channels if depthwise else 1
             self.deconv = nn.ConvTranspose2d(
-                channels, channels, kernel_size=2 * factor, stride=factor, padding=factor // 2,
-                groups=groups, bias=False,
+                channels,
+                channels,
+                kernel_size=2 * factor,
+                stride=factor,
+                padding=factor // 2,
+                groups=groups,
+                bias=False,
             )
             self.deconv.weight.data.copy_(_bilinear_kernel(channels, factor, groups))
 

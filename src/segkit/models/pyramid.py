@@ -69,7 +69,11 @@ class SimplePyramid(nn.Module):
             if rescale != 1:
                 h, w = x.shape[-2:]
                 num, den = rescale.numerator, rescale.denominator
-                x = F.interpolate(x, size=((h * num + den - 1) // den, (w * num + den - 1) // den),
-                                  mode="bilinear", align_corners=False)
+                x = F.interpolate(
+                    x,
+                    size=((h * num + den - 1) // den, (w * num + den - 1) // den),
+                    mode="bilinear",
+                    align_corners=False,
+                )
             out.append(fit_to(x, ceil_div(size, stride)))
         return out

@@ -34,8 +34,10 @@ class SegFormerDecoder(nn.Module):
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         finest = features[self.levels[0]].shape[-2:]
-        maps = [upsample_by(proj(features[i]), factor, finest)
-                for i, proj, factor in zip(self.levels, self.proj, self.factors)]
+        maps = [
+            upsample_by(proj(features[i]), factor, finest)
+            for i, proj, factor in zip(self.levels, self.proj, self.factors)
+        ]
         x = self.fuse(torch.cat(maps[::-1], dim=1))  # deepest first, as in the paper
         return upsample_by(self.classifier(self.dropout(x)), self.level_strides[0], size)
 

@@ -32,8 +32,10 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(stage(adaptive_avg_pool(x, scale)), size=size, mode="bilinear", align_corners=False)
-                  for scale, stage in zip(self.pool_scales, self.stages)]
+        pooled = [
+            F.interpolate(stage(adaptive_avg_pool(x, scale)), size=size, mode="bilinear", align_corners=False)
+            for scale, stage in zip(self.pool_scales, self.stages)
+        ]
         return self.bottleneck(torch.cat([x, *pooled], dim=1))
 
 
@@ -65,11 +67,14 @@ class UPerNetDecoder(nn.Module):
         maps = [features[i] for i in self.levels]
         laterals = [lateral(x) for lateral, x in zip(self.laterals, maps[:-1])] + [self.ppm(maps[-1])]
         for i in range(len(laterals) - 1, 0, -1):  # top-down: each level gets the coarser one, upsampled
-            laterals[i - 1] = laterals[i - 1] + upsample_by(laterals[i], self.factors[i - 1], laterals[i - 1].shape[-2:])
+            laterals[i - 1] = laterals[i - 1] + upsample_by(
+                laterals[i], self.factors[i - 1], laterals[i - 1].shape[-2:]
+            )
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
         finest = outs[0].shape[-2:]
         fused = [outs[0]] + [
-            upsample_by(x, stride // self.level_strides[0], finest) for x, stride in zip(outs[1:], self.level_strides[1:])
+            upsample_by(x, stride // self.level_strides[0], finest)
+            for x, stride in zip(outs[1:], self.level_strides[1:])
         ]
         logits = self.classifier(self.dropout(self.fuse(torch.cat(fused, dim=1))))
         return upsample_by(logits, self.level_strides[0], size)
@@ -90,6 +95,11 @@ class UPerNet(SegmentationModel):
     ) -> None:
         super().__init__(backbone, num_classes, in_channels)
         self.decoder = UPerNetDecoder(
-            self.backbone.channels, self.backbone.strides, num_classes, int(decoder_channels), list(pool_scales),
-            int(min_stride), dropout,
+            self.backbone.channels,
+            self.backbone.strides,
+            num_classes,
+            int(decoder_channels),
+            list(pool_scales),
+            int(min_stride),
+            dropout,
         )

@@ -39,8 +39,9 @@ def instantiate_each(cfg: DictConfig | None) -> list[Any]:
 def build_loggers(cfg: DictConfig | None) -> list[Logger]:
     if cfg and "wandb" in cfg and "WANDB_MODE" not in os.environ and not wandb_has_credentials():
         os.environ["WANDB_MODE"] = "offline"
-        log.info("W&B: no API key found, logging offline; upload later with "
-                 "`wandb sync <run dir>/wandb/offline-run-*`.")
+        log.info(
+            "W&B: no API key found, logging offline; upload later with `wandb sync <run dir>/wandb/offline-run-*`."
+        )
     return instantiate_each(cfg)
 
 

@@ -57,8 +57,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         log_to_files(f"{text}Report: {output_dir}")  # evaluate.log holds what the console showed
         write_json(
             output_dir / "metrics.json",
-            {"checkpoint": str(cfg.ckpt_path), "split": split, "inference": plain(cfg.inference),
-             "metrics": metrics, **report},
+            {
+                "checkpoint": str(cfg.ckpt_path),
+                "split": split,
+                "inference": plain(cfg.inference),
+                "metrics": metrics,
+                **report,
+            },
         )
         print(f"Report: {output_dir}")
     return metrics

@@ -46,8 +46,9 @@ def fixed_size(net: torch.nn.Module, cfg: DictConfig, data: dict) -> tuple[int, 
         return None
     size = cfg.get("image_size") or data.get("crop_size") or data.get("image_size") or 512
     size = [int(size)] * 2 if isinstance(size, (int, str)) else [int(v) for v in size]
-    log.warning("Exporting for %dx%d images only (any batch): %s. Another size: image_size=[H,W].",
-                size[0], size[1], problem)
+    log.warning(
+        "Exporting for %dx%d images only (any batch): %s. Another size: image_size=[H,W].", size[0], size[1], problem
+    )
     return size[0], size[1]
 
 
@@ -57,8 +58,16 @@ def export_onnx(
     import onnx
 
     torch.onnx.export(
-        net, (example,), path, input_names=["images"], output_names=["logits"], opset_version=opset,
-        dynamic_shapes=_dynamic_shapes(dynamic_size), dynamo=True, verbose=False, external_data=False,
+        net,
+        (example,),
+        path,
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamic_shapes=_dynamic_shapes(dynamic_size),
+        dynamo=True,
+        verbose=False,
+        external_data=False,
     )
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in metadata.items()})
@@ -95,11 +104,13 @@ def check(net: torch.nn.Module, run, shapes: list[list[int]], in_channels: int) 
             raise AssertionError(
                 f"Exported output {got.shape} for input {tuple(images.shape)}; PyTorch gives {expected.shape}."
             )
-        results.append({
-            "input": [batch, in_channels, height, width],
-            "max_abs_diff": float(np.abs(got - expected).max()),
-            "argmax_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
-        })
+        results.append(
+            {
+                "input": [batch, in_channels, height, width],
+                "max_abs_diff": float(np.abs(got - expected).max()),
+                "argmax_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
+            }
+        )
     return results
 
 
@@ -120,13 +131,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if fixed is not None:  # one size: the example and every check have it
         example = torch.rand(2, in_channels, *fixed)
         shapes = [[batch, *fixed] for batch, _, _ in shapes]
+    size_text = "H, W" if fixed is None else f"{fixed[0]}, {fixed[1]}"
     metadata = {
-        "class_names": list(data["class_names"]), "palette": data["palette"], "in_channels": in_channels,
-        "ignore_index": data.get("ignore_index"), "checkpoint": str(cfg.ckpt_path),
-        "input": f"images: float32 (B, C, {'H, W' if fixed is None else '%d, %d' % fixed}) in [0, 1]; normalisation "
-                 "is inside",
-        "output": f"logits: float32 (B, num_classes, {'H, W' if fixed is None else '%d, %d' % fixed}); argmax over "
-                  "dim 1 gives class ids",
+        "class_names": list(data["class_names"]),
+        "palette": data["palette"],
+        "in_channels": in_channels,
+        "ignore_index": data.get("ignore_index"),
+        "checkpoint": str(cfg.ckpt_path),
+        "input": f"images: float32 (B, C, {size_text}) in [0, 1]; normalisation is inside",
+        "output": f"logits: float32 (B, num_classes, {size_text}); argmax over dim 1 gives class ids",
     }
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)

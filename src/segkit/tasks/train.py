@@ -13,14 +13,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segkit.config_checks import validate
-from segkit.device_checks import check_devices
-from segkit.console import EpochLine, closing_lines, quiet_known_noise
 from segkit.atomic import atomic_write_text, remove_leftovers, write_json
+from segkit.checkpoints import read_checkpoint
+from segkit.config_checks import validate
+from segkit.console import EpochLine, closing_lines, quiet_known_noise
+from segkit.device_checks import check_devices
 from segkit.loggers import CSVLogger, read_rows
 from segkit.module import SegmentationModule
 from segkit.random_state import RandomStates
-from segkit.checkpoints import read_checkpoint
 from segkit.resume import LAST_CHECKPOINT, check_not_finished, plan_of_run, wandb_run_id
 from segkit.stop import RunStopped, StopAndSave
 from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, print_table, split_metrics
