@@ -12,7 +12,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import ROOT, compose_config, run_script
-from segkit.callbacks import HPARAMS_METRICS, PredictionSamples, run_hparams, spread_positions, validation_count
+from segkit.callbacks import (
+    HPARAMS_COLUMNS,
+    HPARAMS_METRICS,
+    PredictionSamples,
+    run_hparams,
+    spread_positions,
+    validation_count,
+)
 from segkit.tasks.train import train
 
 
@@ -142,9 +149,10 @@ def test_tensorboard_shows_scalars_panels_confusion_matrices_and_hparams(tiny_tr
     }
     assert hparams["model"] == "unet" and hparams["backbone"] == "resnet18" and hparams["optimizer.lr"] == 0.002
     assert "optimizer.lr=0.002" in hparams["overrides"] and "logger=" not in hparams["overrides"]
-    assert {h.name for h in experiment.hparam_infos} == set(hparams)
-    ticked = {h.name for h in experiment.hparam_infos if h.differs}  # TensorBoard lists (and ticks) these first
-    assert {"model", "backbone", "optimizer.lr", "trainer.max_epochs"} <= ticked and "seed" not in ticked
+    assert [h.name for h in experiment.hparam_infos] == list(HPARAMS_COLUMNS)  # the same for every run
+    assert set(HPARAMS_COLUMNS) <= set(hparams) and hparams["trainer.log_every_n_steps"] == 1  # and what was set
+    ticked = [h.name for h in experiment.hparam_infos if h.differs]  # TensorBoard ticks these first
+    assert sorted(ticked) == ["backbone", "loss", "model", "optimizer.lr", "overrides"]
 
 
 @pytest.mark.slow

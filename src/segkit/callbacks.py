@@ -136,8 +136,10 @@ HPARAMS_METRICS = (
     "test/pixel_acc",
     "test/loss",
 )
-# The hyperparameters every run shows: the choice of each config group (model=unet) and a few values; besides them,
-# every value the run's command line set, and that command line as one string (`overrides`).
+# The hyperparameter columns of the HParams view: the choice of each config group (model=unet), a few values, and
+# the run's command line as one string (`overrides`). One list for every run: TensorBoard takes the columns from
+# whichever run it reads first, so a run's own extra keys would hide or show columns at random. A run's records
+# also hold every value its command line set, outside the columns.
 HPARAMS_GROUPS = ("data", "model", "backbone", "loss", "optimizer", "scheduler", "augment", "experiment")
 HPARAMS_VALUES = (
     "optimizer.lr",
@@ -149,8 +151,9 @@ HPARAMS_VALUES = (
     "trainer.accumulate_grad_batches",
     "seed",
 )
-# Ticked first in the HParams view (TensorBoard ticks five, by name), with the values the command line set.
-SHOWN_FIRST = {"model", "backbone", "data", "loss", "optimizer.lr"}
+HPARAMS_COLUMNS = (*HPARAMS_GROUPS, *HPARAMS_VALUES, "overrides")
+# The five columns TensorBoard ticks at first (it ticks five, these marked ones first).
+HPARAMS_TICKED = ("backbone", "loss", "model", "optimizer.lr", "overrides")
 # Overrides that say where or how a run is recorded, not what it trains.
 _NOT_HPARAMS = ("hydra", "paths", "logger", "callbacks", "ckpt_path", "trusted_modules", "tags", "task_name")
 
@@ -160,7 +163,7 @@ class DashboardSummaries(L.Callback):
     - `val/confusion_matrix` after each validation (and `test/confusion_matrix` after testing): the heatmap of
       segkit.report (rows ground truth, each row normalised), to TensorBoard and W&B;
     - at the end of fitting, the run's hyperparameters for TensorBoard's HParams view (see run_hparams), with
-      HPARAMS_METRICS as its metric columns, so the view compares the jobs of a sweep."""
+      HPARAMS_COLUMNS and HPARAMS_METRICS as its columns, so the view compares the jobs of a sweep."""
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -193,9 +196,7 @@ class DashboardSummaries(L.Callback):
         choices, overrides = hydra_record(Path(trainer.default_root_dir))
         for logger in loggers:
             config = dict(logger.hparams) or {k: v for k, v in pl_module.hparams.items()}
-            params = run_hparams(config, choices, overrides)
-            set_here = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
-            write_hparams(logger, params, HPARAMS_METRICS, first=[k for k in params if k in set_here | SHOWN_FIRST])
+            write_hparams(logger, run_hparams(config, choices, overrides))
 
 
 def hydra_record(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
@@ -255,21 +256,31 @@ def run_hparams(config: dict[str, Any], choices: dict[str, Any], overrides: Sequ
 
 
 def write_hparams(
-    logger: TensorBoardLogger, params: dict[str, Any], metrics: Sequence[str], first: Sequence[str] = ()
+    logger: TensorBoardLogger,
+    params: dict[str, Any],
+    columns: Sequence[str] = HPARAMS_COLUMNS,
+    metrics: Sequence[str] = HPARAMS_METRICS,
+    ticked: Sequence[str] = HPARAMS_TICKED,
 ) -> None:
-    """The HParams plugin's records (experiment, session start and end) in the logger's run. Unlike
-    TensorBoardLogger.log_hyperparams(params, metrics), no metric value is logged again at step 0: the view reads
-    each metric's last value from the run's own scalars. The hyperparameters named in `first` are marked as the
-    ones that differ between runs: TensorBoard lists those first, and shows the first five."""
+    """The HParams plugin's records (experiment, session start and end) in the logger's run: `params` as the
+    session's values; `columns` and `metrics` as the experiment's, `ticked` marked (TensorBoard ticks those first).
+    Unlike TensorBoardLogger.log_hyperparams(params, metrics), no metric value is logged again at step 0: the view
+    reads each metric's last value from the run's own scalars."""
+    from tensorboard.plugins.hparams.api_pb2 import DATA_TYPE_STRING, HParamInfo
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard.summary import hparams
 
     experiment, start, end = hparams(params, dict.fromkeys(metrics, 0.0))
-    metadata = experiment.value[0].metadata.plugin_data
-    content = HParamsPluginData.FromString(metadata.content)
-    for info in content.experiment.hparam_infos:
-        info.differs = info.name in first
-    metadata.content = content.SerializeToString()
+    plugin_data = experiment.value[0].metadata.plugin_data
+    content = HParamsPluginData.FromString(plugin_data.content)
+    infos = {info.name: info for info in content.experiment.hparam_infos}
+    content.experiment.ClearField("hparam_infos")
+    for name in columns:
+        info = HParamInfo()
+        info.CopyFrom(infos.get(name) or HParamInfo(name=name, type=DATA_TYPE_STRING))
+        info.differs = name in ticked
+        content.experiment.hparam_infos.append(info)
+    plugin_data.content = content.SerializeToString()
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, start, end):
         writer.add_summary(summary)

@@ -16,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from segkit.inference import Inference
 from segkit.metrics import class_ids, confusion_metric, named_scores, scores_from_confusion
+from segkit.param_groups import build_optimizer
 from segkit.trust import check_targets, safe_instantiate
 
 HPARAMS_SOURCE = "the SegmentationModule hyperparameters"
@@ -218,8 +219,9 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         trust = {"source": HPARAMS_SOURCE, "trusted": self.trusted_modules}
-        optimizer = safe_instantiate(self.hparams.optimizer, key="optimizer", **trust)(
-            params=[p for p in self.parameters() if p.requires_grad]
+        # `optimizer.param_groups` (backbone lr multiplier, no decay on norms, layer decay) shapes the groups.
+        optimizer = build_optimizer(
+            self.hparams.optimizer, self, lambda config: safe_instantiate(config, key="optimizer", **trust)
         )
         if not self.hparams.scheduler:
             return optimizer

@@ -19,10 +19,9 @@ def fit_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = x.shape[-2:]
     if torch.compiler.is_exporting():
         # An exported graph keeps H and W symbolic, so it cannot branch on them: take the usual case (the map
-        # covers the target) as given, and crop.
-        torch._check(h >= size[0])
-        torch._check(w >= size[1])
-        return x[..., : size[0], : size[1]]
+        # covers the target) as given, and crop, by a negative padding: a slice would need the exporter to prove
+        # that the map covers the target, which it cannot for every stride arithmetic (PVT's, say).
+        return F.pad(x, (0, size[1] - w, 0, size[0] - h))
     if (h, w) == tuple(size):
         return x
     if h >= size[0] and w >= size[1]:
@@ -59,11 +58,14 @@ def ceil_div(size: Sequence[int], stride: int) -> tuple[int, int]:
 
 
 def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
-    """`F.adaptive_avg_pool2d(x, bins)` (the same bins, the same values) as two products with averaging
+    """`F.adaptive_avg_pool2d(x, bins)` (the same bins, the same values) as products with averaging
     matrices: exported graphs keep H and W symbolic, and ONNX's rendering of adaptive pooling fails at sizes
     it did not see (a 2x2 map pooled to 6x6 bins, say)."""
+    if bins == 1:
+        return x.mean(dim=(-2, -1), keepdim=True)
     h, w = x.shape[-2], x.shape[-1]
-    return _bin_matrix(h, bins, x) @ x @ _bin_matrix(w, bins, x).transpose(0, 1)
+    # einsum, not `@`: the exporter cannot prove the shape checks of a broadcast matmul for symbolic sizes.
+    return torch.einsum("ih,bchw,jw->bcij", _bin_matrix(h, bins, x), x, _bin_matrix(w, bins, x))
 
 
 def _bin_matrix(n, bins: int, like: torch.Tensor) -> torch.Tensor:
