@@ -1,6 +1,6 @@
 """Every backbone family x every decoder: logits at odd sizes with 1 and 3 channels, back-propagation, the plain
-ViT's pyramid and the strides FCN really fuses, channels-last features, padding rules, start-up errors, and the
-oneDNN crash FastViT hit under channels-last.
+ViT's pyramid and the strides FCN really fuses, channels-last features, padding rules, start-up errors, the
+oneDNN crash FastViT hit under channels-last, and exporting a backbone that pads for one size.
 
 Tiny variants (timm arguments shrink Swin and the ViTs), small inputs, random init: the whole file runs in about
 half a minute on 2 CPU cores. One network per family and channel count is built (`shells`); each decoder is put
@@ -15,7 +15,7 @@ import timm
 import torch
 
 from segkit.models import FCN, SegFormer, UNet, UnsupportedBackboneError, UPerNet
-from segkit.models.backbone import Backbone
+from segkit.models.backbone import Backbone, SubsampledConv1x1
 from segkit.models.fcn import FCNDecoder
 from segkit.models.layers import ceil_div
 from segkit.models.pyramid import evenly_spaced_blocks
@@ -59,6 +59,16 @@ DECODERS = {
     "upernet": lambda c, s: UPerNetDecoder(c, s, NUM_CLASSES, decoder_channels=32),
     "segformer": lambda c, s: SegFormerDecoder(c, s, NUM_CLASSES, embed_dim=32),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These networks are tiny: one thread runs them faster than two, and far faster on a loaded machine, where
+    two threads wait on each other at every op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +202,8 @@ def test_a_backbone_that_takes_no_size_fails_when_built_with_the_reason(monkeypa
 
 def test_fastvit_strided_1x1_convolutions_are_rewritten_to_the_same_function(shells):
     backbone = shells("fastvit_t8", 3).backbone
-    rewritten = [m for m in backbone.encoder.modules() if hasattr(m, "segkit_input_step")]
-    assert rewritten and all(m.stride == (1, 1) and m.segkit_input_step[0] == (2, 2) for m in rewritten)
+    rewritten = [m for m in backbone.encoder.modules() if isinstance(m, SubsampledConv1x1)]
+    assert rewritten and all(m.stride == (2, 2) and m.kernel_size == (1, 1) for m in rewritten)
     assert backbone.channels_last_problem is None
     reference = timm.create_model("fastvit_t8", features_only=True).eval()
     reference.load_state_dict(backbone.encoder.state_dict())
@@ -228,3 +238,32 @@ def test_the_rewritten_convolution_survives_channels_last_backward():
         env={**os.environ, "MALLOC_CHECK_": "3"},
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_a_padding_backbone_exports_for_one_size_and_matches_pytorch(tiny_train_cfg, tmp_path):
+    """export.py on a plain ViT (images padded to its patch): ONNX and torch.export for the data's size, any
+    batch, checked against PyTorch; the ONNX metadata says the size."""
+    import json
+
+    import onnx
+    import onnxruntime
+
+    from conftest import compose_config
+    from segkit.tasks.export import export
+    from segkit.tasks.train import build_module
+
+    module = build_module(tiny_train_cfg("model=segformer", "backbone.name=vit_tiny_patch16_224", "+backbone.depth=2"))
+    path = tmp_path / "vit.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    summary = export(compose_config("export", [f"ckpt_path={path}", f"output={tmp_path / 'export'}"], tmp_path / "run"))
+    for fmt in ("onnx", "torch_export"):
+        entry = summary["exports"][fmt]
+        assert entry["image_size"] == [40, 56] and entry["max_abs_diff"] < 1e-4
+        assert {tuple(c["input"][2:]) for c in entry["checks"]} == {(40, 56)}
+    session = onnxruntime.InferenceSession(str(tmp_path / "export/model.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.rand(5, 3, 40, 56)
+    with torch.no_grad():
+        expected = module.net.eval()(images).numpy()
+    assert abs(session.run(None, {"images": images.numpy()})[0] - expected).max() < 1e-4
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "export/model.onnx")).metadata_props}
+    assert "(B, C, 40, 56)" in meta["input"]

@@ -361,27 +361,24 @@ def _sidestep_onednn_1x1_stride_crash(encoder: nn.Module) -> str | None:
     oneDNN (PyTorch 2.14's CPU convolutions) writes out of bounds computing the weight gradient of a 1x1
     convolution with stride 2 and fewer than 16 input channels on channels-last tensors: the process dies in
     backward ("corrupted double-linked list", a segmentation fault). Reparameterisable models have such a
-    branch in their stem (FastViT's and MobileOne's `conv_scale` on the RGB image). A 1x1 convolution with
-    stride s equals the same convolution with stride 1 on every s-th pixel, so these take their input
-    subsampled (a forward pre-hook) and stride 1: the same weights, the same function, no crash.
+    branch in their stem (FastViT's and MobileOne's `conv_scale`, on the RGB image). A 1x1 convolution with
+    stride s equals the same convolution with stride 1 on every s-th pixel: these become `SubsampledConv1x1`,
+    the same module (weights, state dict keys) computing it that way.
     """
     problems = []
     for name, conv in encoder.named_modules():
         if not (
-            isinstance(conv, nn.Conv2d)
+            type(conv) is nn.Conv2d
             and conv.kernel_size == (1, 1)
             and conv.stride != (1, 1)
             and conv.groups == 1
             and conv.in_channels < 16
         ):
             continue
-        padding = (0, 0) if isinstance(conv.padding, str) else tuple(conv.padding)
-        if conv.padding_mode != "zeros":
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             problems.append(name)
             continue
-        conv.segkit_input_step = (tuple(conv.stride), padding)
-        conv.stride, conv.padding = (1, 1), (0, 0)
-        conv.register_forward_pre_hook(_subsample_input)
+        conv.__class__ = SubsampledConv1x1
     if problems:
         return (
             f"the 1x1 stride-2 convolutions {problems} crash oneDNN in backward on channels-last tensors "
@@ -390,12 +387,17 @@ def _sidestep_onednn_1x1_stride_crash(encoder: nn.Module) -> str | None:
     return None
 
 
-def _subsample_input(conv: nn.Module, args: tuple) -> tuple:
-    (sh, sw), (ph, pw) = conv.segkit_input_step
-    x = args[0]
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph))
-    return (x[..., ::sh, ::sw], *args[1:])
+class SubsampledConv1x1(nn.Conv2d):
+    """A strided 1x1 convolution computed as a stride-1 one on every stride-th pixel (the same function: see
+    `_sidestep_onednn_1x1_stride_crash`). Exported graphs, which have no backward, keep the strided form."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            return super().forward(x)
+        (ph, pw), (sh, sw) = self.padding, self.stride
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        return F.conv2d(x[..., ::sh, ::sw], self.weight, self.bias, 1, 0, self.dilation, self.groups)
 
 
 def _normalization(pretrained_cfg: dict, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,11 @@ checked against PyTorch on inputs of several sizes before the command succeeds.
 
 The exported graph takes float images (B, C, H, W) in [0, 1] (normalisation is inside) and returns logits
 (B, num_classes, H, W). Class names and palette go into the ONNX metadata and export.json.
+
+A network that cannot be exported for every image size (its backbone pads images: Swin, plain ViTs, windowed
+models; or the exporter cannot prove its shape arithmetic for every size, or the file differs from PyTorch at
+other sizes) is exported for one size, any batch, and checked at it: `image_size`, else the data's crop size.
+The log says why, and export.json and the ONNX metadata give the size.
 """
 
 from __future__ import annotations
@@ -36,20 +41,67 @@ def _dynamic_shapes(dynamic_size: bool = True) -> dict[str, dict[int, Any]]:
 
 
 def fixed_size(net: torch.nn.Module, cfg: DictConfig, data: dict) -> tuple[int, int] | None:
-    """The one image size to export `net` for, when it cannot be exported for every size (None: it can).
+    """The one image size to export `net` for, when it is known not to export for every size (None: try).
 
     Networks whose backbone pads the images (Swin to a multiple of its patch, plain ViTs to theirs, windowed
-    models to their windows) say why in `dynamic_export_problem`. Their size: `image_size` of the command, else
-    the data's training crop (`crop_size`, or `image_size`), else 512 x 512."""
+    models to their windows) say why in `dynamic_export_problem`; tracing Swin for symbolic sizes does not
+    even finish."""
     problem = getattr(net, "dynamic_export_problem", None)
     if not problem:
         return None
-    size = cfg.get("image_size") or data.get("crop_size") or data.get("image_size") or 512
-    size = [int(size)] * 2 if isinstance(size, (int, str)) else [int(v) for v in size]
+    size = one_size(cfg, data)
     log.warning(
         "Exporting for %dx%d images only (any batch): %s. Another size: image_size=[H,W].", size[0], size[1], problem
     )
+    return size
+
+
+def one_size(cfg: DictConfig, data: dict) -> tuple[int, int]:
+    """`image_size` of the command, else the data's training crop (`crop_size`, or `image_size`), else 512."""
+    size = cfg.get("image_size") or data.get("crop_size") or data.get("image_size") or 512
+    size = [int(size)] * 2 if isinstance(size, (int, str)) else [int(v) for v in size]
     return size[0], size[1]
+
+
+def export_checked(
+    fmt: str,
+    net: torch.nn.Module,
+    cfg: DictConfig,
+    metadata: dict,
+    output: Path,
+    shapes: list[list[int]],
+    in_channels: int,
+    size: tuple[int, int] | None,
+) -> dict[str, Any]:
+    """Export `net` in `fmt` for every image size (`size` None) or for one, and check it against PyTorch."""
+    if size is None:
+        # A batch of 2 at an odd size: an example of 1 (or of a multiple of 32) would be taken for a constant.
+        example = torch.rand(2, in_channels, 67, 93)
+    else:  # one size: the example and every check have it
+        example = torch.rand(2, in_channels, *size)
+        shapes = [[batch, *size] for batch, _, _ in shapes]
+    size_text = "H, W" if size is None else f"{size[0]}, {size[1]}"
+    metadata = {
+        **metadata,
+        "input": f"images: float32 (B, C, {size_text}) in [0, 1]; normalisation is inside",
+        "output": f"logits: float32 (B, num_classes, {size_text}); argmax over dim 1 gives class ids",
+    }
+    if fmt == "onnx":
+        path = export_onnx(net, example, output / "model.onnx", cfg.opset, metadata, dynamic_size=size is None)
+    else:
+        path = export_program(net, example, output / "model.pt2", dynamic_size=size is None)
+    checks = check(net, runner(fmt, path), shapes, in_channels)
+    worst = max(c["max_abs_diff"] for c in checks)
+    entry = {
+        "path": str(path),
+        "image_size": None if size is None else list(size),
+        "input": metadata["input"],
+        "checks": checks,
+        "max_abs_diff": worst,
+    }
+    if size is None and worst > cfg.tolerance:
+        raise AssertionError(f"{path}: differs from PyTorch by {worst:.2e} (> tolerance {cfg.tolerance}).")
+    return entry
 
 
 def export_onnx(
@@ -125,44 +177,61 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     data = module.hparams.data
     in_channels = int(data["in_channels"])
     shapes = [list(map(int, s)) for s in cfg.check_shapes]
-    # A batch of 2 at an odd size: an example of 1 (or of a multiple of 32) would be taken for a constant.
-    example = torch.rand(2, in_channels, 67, 93)
     fixed = fixed_size(net, cfg, data)
-    if fixed is not None:  # one size: the example and every check have it
-        example = torch.rand(2, in_channels, *fixed)
-        shapes = [[batch, *fixed] for batch, _, _ in shapes]
-    size_text = "H, W" if fixed is None else f"{fixed[0]}, {fixed[1]}"
     metadata = {
         "class_names": list(data["class_names"]),
         "palette": data["palette"],
         "in_channels": in_channels,
         "ignore_index": data.get("ignore_index"),
         "checkpoint": str(cfg.ckpt_path),
-        "input": f"images: float32 (B, C, {size_text}) in [0, 1]; normalisation is inside",
-        "output": f"logits: float32 (B, num_classes, {size_text}); argmax over dim 1 gives class ids",
     }
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {**metadata, "exports": {}}
     for fmt in cfg.formats:
-        if fmt == "onnx":
-            path = export_onnx(net, example, output / "model.onnx", cfg.opset, metadata, dynamic_size=fixed is None)
-        else:
-            path = export_program(net, example, output / "model.pt2", dynamic_size=fixed is None)
-        checks = check(net, runner(fmt, path), shapes, in_channels)
-        worst = max(c["max_abs_diff"] for c in checks)
-        summary["exports"][fmt] = {"path": str(path), "checks": checks, "max_abs_diff": worst}
-        if worst > cfg.tolerance:
+        size = fixed
+        if size is None:  # every size, if the exporter can trace it and the file matches PyTorch
+            try:
+                entry = export_checked(fmt, net, cfg, metadata, output, shapes, in_channels, None)
+            except Exception as err:  # noqa: BLE001 - any failure: fall back to one size, which names its own
+                size = one_size(cfg, data)
+                reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+                log.warning(
+                    "%s: no export for every image size (%s: %s). Exporting for %dx%d images only (any "
+                    "batch); another size: image_size=[H,W].",
+                    fmt,
+                    type(err).__name__,
+                    reason,
+                    *size,
+                )
+        if size is not None:
+            entry = export_checked(fmt, net, cfg, metadata, output, shapes, in_channels, size)
+        summary["exports"][fmt] = entry
+        if entry["max_abs_diff"] > cfg.tolerance:
             write_json(output / "export.json", summary)
-            raise AssertionError(f"{path}: differs from PyTorch by {worst:.2e} (> tolerance {cfg.tolerance}).")
+            raise AssertionError(
+                f"{entry['path']}: differs from PyTorch by {entry['max_abs_diff']:.2e} (> tolerance {cfg.tolerance})."
+            )
     write_json(output / "export.json", summary)
-    table = Table(title=f"Exports checked against PyTorch on inputs {[tuple(s) for s in shapes]} (B, H, W)")
-    for column in ("format", "file", "MB", "max |logit diff|", "argmax agreement"):
+    table = Table(title="Exports checked against PyTorch")
+    for column in (
+        "format",
+        "file",
+        "image size",
+        "checked on (B, H, W)",
+        "MB",
+        "max |logit diff|",
+        "argmax agreement",
+    ):
         table.add_column(column)
     for fmt, entry in summary["exports"].items():
         path = Path(entry["path"])
         agreement = min(c["argmax_agreement"] for c in entry["checks"])
         size_mb = path.stat().st_size / 2**20
-        table.add_row(fmt, str(path), f"{size_mb:.1f}", f"{entry['max_abs_diff']:.1e}", f"{agreement:.4%}")
+        size = "any" if entry["image_size"] is None else "x".join(map(str, entry["image_size"]))
+        checked = ", ".join(str(tuple(c["input"][:1] + c["input"][2:])) for c in entry["checks"])
+        table.add_row(
+            fmt, str(path), size, checked, f"{size_mb:.1f}", f"{entry['max_abs_diff']:.1e}", f"{agreement:.4%}"
+        )
     Console(width=max(Console().width, 120)).print(table)
     return summary
