@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_dataset(root: Path) -> Path:
+    """20 image/mask pairs on disk: augmentation and two workers, where a resume has the most to get wrong."""
     rng = np.random.default_rng(0)
     for i in range(20):
         mask = blocks(rng, size=(40, 52))
@@ -43,6 +44,7 @@ def write_dataset(root: Path) -> Path:
 
 
 def overrides(data: Path, epochs: int) -> list[str]:
+    """FCN (its dropout draws from the random state) on augmented crops read by two workers."""
     return [
         "data=folder",
         f"data.root={data}",

@@ -6,13 +6,12 @@ import hashlib
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
+import soak
 import torch
 import yaml
 
 from conftest import ROOT, compose_config, run_script
-from fake_data import THREE_CLASSES, blocks, image_for, save
 from segkit.stop import StopAndSave
 from segkit.tasks.train import train
 
@@ -23,35 +22,12 @@ STEPS_PER_EPOCH = 4  # 16 training images in batches of 4
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """20 image/mask pairs on disk: augmentation and two workers, where a resume has the most to get wrong."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for i in range(20):
-        mask = blocks(rng, size=(40, 52))
-        save(root / "images" / f"{i}.png", image_for(mask, rng))
-        save(root / "masks" / f"{i}.png", mask)
-    return root
+    return soak.write_dataset(tmp_path_factory.mktemp("data"))
 
 
 def overrides(root: Path) -> list[str]:
-    """FCN (its dropout draws from the random state) on augmented crops read by two workers, 2 epochs."""
-    return [
-        "data=folder",
-        f"data.root={root}",
-        *THREE_CLASSES,
-        "data.splits={train:0.8,val:0.2}",
-        "data.crop_size=32",
-        "data.batch_size=4",
-        "data.eval_batch_size=4",
-        "data.num_workers=2",
-        "model=fcn",
-        "logger=csv",
-        "trainer.max_epochs=2",
-        "trainer.log_every_n_steps=1",
-        "test=false",
-        "trainer.accelerator=cpu",
-        "trusted_modules=[interrupt]",
-    ]
+    """The soak script's run, 2 epochs, with the test's interrupting callbacks trusted."""
+    return [*soak.overrides(root, epochs=2), "trusted_modules=[interrupt]"]
 
 
 def metrics_csv(run: Path) -> str:

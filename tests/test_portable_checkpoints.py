@@ -101,6 +101,15 @@ def write_images(folder: Path) -> Path:
     return folder
 
 
+def evaluate_and_predict(ckpt: Path, tmp_path: Path) -> None:
+    """evaluate.py on the checkpoint's own data, then predict.py into tmp_path/out."""
+    metrics = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"], tmp_path / "e"))
+    assert 0 <= metrics["val/mIoU"] <= 1
+    images = write_images(tmp_path / "in")
+    overrides = [f"ckpt_path={ckpt}", f"input={images}", f"output={tmp_path / 'out'}", "num_workers=0"]
+    predict(compose_config("predict", [*overrides, "trainer.accelerator=cpu"], tmp_path / "p"))
+
+
 def test_a_checkpoint_from_a_weights_file_loads_without_the_file(from_weights_file, timm_calls, offline):
     assert not from_weights_file["weights"].exists()
     module = load_module(from_weights_file["ckpt"])
@@ -113,23 +122,7 @@ def test_a_checkpoint_from_a_weights_file_loads_without_the_file(from_weights_fi
 
 def test_evaluate_predict_and_export_need_only_the_checkpoint(from_weights_file, timm_calls, offline, tmp_path):
     ckpt = from_weights_file["ckpt"]
-    metrics = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"], tmp_path / "e"))
-    assert 0 <= metrics["val/mIoU"] <= 1
-
-    images = write_images(tmp_path / "in")
-    predict(
-        compose_config(
-            "predict",
-            [
-                f"ckpt_path={ckpt}",
-                f"input={images}",
-                f"output={tmp_path / 'out'}",
-                "num_workers=0",
-                "trainer.accelerator=cpu",
-            ],
-            tmp_path / "p",
-        )
-    )
+    evaluate_and_predict(ckpt, tmp_path)
     assert {p.name for p in (tmp_path / "out" / "masks").glob("*.png")} == {"a.png", "b.png"}
 
     summary = export(
@@ -155,22 +148,7 @@ def test_a_pretrained_checkpoint_evaluates_and_predicts_offline(from_weights_fil
     assert timm_calls and timm_calls[-1]["pretrained"] is True
     timm_calls.clear()
 
-    metrics = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"], tmp_path / "e"))
-    assert 0 <= metrics["val/mIoU"] <= 1
-    images = write_images(tmp_path / "in")
-    predict(
-        compose_config(
-            "predict",
-            [
-                f"ckpt_path={ckpt}",
-                f"input={images}",
-                f"output={tmp_path / 'out'}",
-                "num_workers=0",
-                "trainer.accelerator=cpu",
-            ],
-            tmp_path / "p",
-        )
-    )
+    evaluate_and_predict(ckpt, tmp_path)
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 2
     never_pretrained(timm_calls)
     assert load_module(ckpt).hparams.model["backbone"]["pretrained"] is True
