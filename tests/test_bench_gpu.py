@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from conftest import ROOT, compose_config, run_script
+from conftest import ROOT, compose_config, run_entry
 from segkit.bench.gpu import count_flops, markdown, measure_suite, peak_tflops, suite_settings, write_report
 from segkit.device_checks import Machine
 
@@ -31,7 +31,7 @@ HEADER = (
 def test_without_cuda_it_says_so_and_exits_0(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = run_script(str(ROOT / "bench.py"), "target=gpu", cwd=tmp_path, timeout=120)
+    proc = run_entry(str(ROOT / "bench.py"), "target=gpu", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "No CUDA GPU on this machine" in proc.stdout and "make bench-gpu" in proc.stdout
     assert not list(tmp_path.rglob("gpu_bench.*"))

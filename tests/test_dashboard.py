@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import ROOT, compose_config, run_script
+from conftest import compose_config
 from segkit.callbacks import (
     HPARAMS_COLUMNS,
     HPARAMS_METRICS,
@@ -169,17 +169,3 @@ def test_the_best_checkpoint_holds_the_weights_and_the_last_the_training_state(t
     assert best_state["hyper_parameters"]["model"] == last_state["hyper_parameters"]["model"]
     assert best.stat().st_size < 0.45 * last.stat().st_size  # AdamW keeps two tensors a weight
     assert OmegaConf.create(best_state["hyper_parameters"]["data"]).num_classes == 4
-
-
-@pytest.mark.slow
-def test_evaluate_scores_the_best_checkpoint_and_its_log_holds_the_report(trained_run, tmp_path):
-    """evaluate.py loads the weights-only best checkpoint, and its evaluate.log (Hydra's log file) is no longer
-    empty: it holds the report the console showed."""
-    (best,) = (trained_run[1] / "checkpoints").glob("best-*.ckpt")
-    proc = run_script(str(ROOT / "evaluate.py"), f"ckpt_path={best}", "trainer.accelerator=cpu", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (log,) = (tmp_path / "logs" / "evaluate" / "runs").glob("*/evaluate.log")
-    text = log.read_text()
-    assert f"val of {best}" in text.replace("\n", "")
-    assert "Summary (%)" in text and "Per class (%)" in text and "triangle" in text and "Report: " in text
-    assert "Tip:" not in text

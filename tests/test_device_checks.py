@@ -1,8 +1,8 @@
 """Device settings a machine cannot run fail at start-up, naming the fix; what has one meaning here is adapted with a
 log line (segkit.device_checks). The machine's facts are passed in (`Machine(cuda_devices=...)`) or CUDA is
-monkeypatched, so every GPU case is checked on CPU. Plus `data.num_workers=auto` and the CPU rehearsal of DDP."""
+monkeypatched, so every GPU case is checked on CPU. Plus `data.num_workers=auto`. The CPU rehearsal of DDP
+(`trainer=ddp trainer.accelerator=cpu trainer.devices=2`) trains in test_train.py's DDP test."""
 
-import json
 import logging
 import time
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import ROOT, TINY_DATA, compose_config, run_script
+from conftest import ROOT, TINY_DATA, compose_config, run_entry
 from segkit import device_checks
 from segkit.config_checks import ConfigError, validate
 from segkit.device_checks import DeviceError, Machine, auto_num_workers, check_devices, default_pin_memory
@@ -224,37 +224,12 @@ def test_train_fails_before_anything_is_written(tmp_path):
 def test_evaluate_and_predict_check_devices_before_reading_anything(tmp_path, script, args):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = run_script(str(ROOT / script), *args, cwd=tmp_path, timeout=120)
+    proc = run_entry(str(ROOT / script), *args, cwd=tmp_path)
     assert proc.returncode == 1
     assert (
         "trainer.accelerator=gpu (what trainer=gpu and trainer=ddp set) but this machine has no CUDA GPU" in proc.stderr
     ), proc.stderr[-3000:]
     assert "missing" not in proc.stderr.split("Device setting error")[-1]  # not the checkpoint nor the input
-
-
-@pytest.mark.slow
-def test_the_cpu_rehearsal_of_ddp_trains(tmp_path):
-    """`trainer=ddp trainer.accelerator=cpu trainer.devices=2` as typed: sync-BN turned off (said once), bf16 on
-    CPU, two processes, one epoch of the tiny data."""
-    proc = run_script(
-        str(ROOT / "train.py"),
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        *TINY_DATA,
-        "logger=csv",
-        "test=false",
-        "trainer.max_epochs=1",
-        "trainer.num_sanity_val_steps=0",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    output = proc.stdout + proc.stderr
-    assert output.count("trainer.sync_batchnorm=true needs CUDA GPUs") == 1, output[-3000:]
-    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
-    summary = json.loads((run_dir / "metrics.json").read_text())
-    assert summary["global_step"] == 1  # 8 images, 2 processes of batch 4
-    assert sorted(p.name for p in (run_dir / "ranks").iterdir()) == ["metrics.rank0.json", "metrics.rank1.json"]
 
 
 # ---------------------------------------------------------------------------------------- data.num_workers=auto

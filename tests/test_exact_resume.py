@@ -2,7 +2,9 @@
 uninterrupted run, bit for bit (CPU, fp32): SIGTERM and Ctrl-C save mid-epoch and stop, SIGKILL loses only what
 came after the last checkpoint. `ckpt_path=last` never touches another run, and a finished run is left alone."""
 
+import csv
 import hashlib
+import io
 import signal
 from pathlib import Path
 
@@ -11,8 +13,9 @@ import soak
 import torch
 import yaml
 
-from conftest import ROOT, compose_config, run_script
+from conftest import ROOT, compose_config, run_entry, run_script
 from segkit.stop import StopAndSave
+from segkit.tasks.evaluate import evaluate
 from segkit.tasks.train import train
 
 pytestmark = pytest.mark.slow
@@ -72,16 +75,33 @@ def test_a_stop_saves_mid_epoch_and_resumes_exactly(dataset, uninterrupted, tmp_
 
 
 def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninterrupted, tmp_path):
+    """SIGKILL (no clean-up) after the second epoch's checkpoints, before its training scores are logged; W&B on."""
     kill = ["+callbacks.interrupt._target_=interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=1"]
-    proc = run_script(str(ROOT / "train.py"), *overrides(dataset), *kill, cwd=tmp_path)
+    run_args = [("logger=wandb" if o == "logger=csv" else o) for o in overrides(dataset)]
+    proc = run_script(str(ROOT / "train.py"), *run_args, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     (run / "checkpoints" / ".last.ckpt.tmp-12345").write_bytes(b"half a checkpoint")  # a save that was cut short
 
+    # The run's own overrides come back from its directory; `++...=null` drops the killer.
     proc = run_script(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert metrics_csv(run) == uninterrupted
+    assert list((tmp_path / "logs" / "train" / "runs").iterdir()) == [run]
+    assert metrics_csv(run) == uninterrupted  # the whole history, value for value
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")) == []  # cleaned up
+    assert len(list((run / ".hydra").glob("resume-*/overrides.yaml"))) == 1  # the first record is kept
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["optimizer_states"][0]["state"][0]["step"] == 2 * STEPS_PER_EPOCH  # AdamW's moments carried across
+    wandb_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in wandb_runs}) == 1  # one W&B run id
+
+    summary = yaml.safe_load((run / "metrics.json").read_text())
+    assert (summary["epochs"], summary["global_step"]) == (2, 2 * STEPS_PER_EPOCH)
+    rows = csv.DictReader(io.StringIO(metrics_csv(run)))
+    best_score = max(float(r["val/mIoU"]) for r in rows if r.get("val/mIoU"))
+    assert summary["metrics"]["val/mIoU_best"] == pytest.approx(best_score)
+    scores = evaluate(compose_config("evaluate", [f"ckpt_path={summary['best_checkpoint']}"], tmp_path / "eval"))
+    assert scores["val/mIoU"] == pytest.approx(best_score, abs=1e-6)  # the best checkpoint loads and is the best
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -103,7 +123,7 @@ def test_last_after_an_early_kill_and_a_finished_run_touch_no_run(tmp_path):
         "data.batch_size=4",
         "trusted_modules=[interrupt]",
     ]
-    proc = run_script(str(ROOT / "train.py"), "model=fcn", *tiny, cwd=tmp_path)
+    proc = run_entry(str(ROOT / "train.py"), "model=fcn", *tiny, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (finished,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=1"]
@@ -113,17 +133,17 @@ def test_last_after_an_early_kill_and_a_finished_run_touch_no_run(tmp_path):
     before = {run: tree_digest(run) for run in runs}
 
     # `last` is the newest run, which has nothing to resume: it says so, and resumes nothing else.
-    proc = run_script(str(ROOT / "train.py"), "ckpt_path=last", cwd=tmp_path)
+    proc = run_entry(str(ROOT / "train.py"), "ckpt_path=last", cwd=tmp_path)
     assert proc.returncode == 1
     assert "has no checkpoint" in proc.stderr and str(finished) in proc.stderr, proc.stderr[-3000:]
     # The finished run is not resumed: it would train nothing and rewrite its results.
-    proc = run_script(str(ROOT / "train.py"), f"ckpt_path={finished}", cwd=tmp_path)
+    proc = run_entry(str(ROOT / "train.py"), f"ckpt_path={finished}", cwd=tmp_path)
     assert proc.returncode == 1 and "already finished" in proc.stderr and "trainer.max_epochs=2" in proc.stderr
     assert set((tmp_path / "logs" / "train" / "runs").iterdir()) == runs  # no new run directory either
     assert {run: tree_digest(run) for run in runs} == before
 
     # Extended, it goes on in place; its summary covers the whole run, not only the second process's epoch.
-    proc = run_script(str(ROOT / "train.py"), f"ckpt_path={finished}", "trainer.max_epochs=2", cwd=tmp_path)
+    proc = run_entry(str(ROOT / "train.py"), f"ckpt_path={finished}", "trainer.max_epochs=2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = yaml.safe_load((finished / "metrics.json").read_text())
     assert summary["epochs"] == 2 and summary["resumed_from"].endswith("last.ckpt")

@@ -10,7 +10,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_override
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 
-from conftest import CONF, ROOT, TINY_DATA, compose_with_hydra, run_script
+from conftest import CONF, ROOT, TINY_DATA, compose_with_hydra, run_entry
 from segkit import sweeps
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
@@ -78,7 +78,7 @@ def test_tpe_sampler_runs_past_its_random_startup_trials():
 
 @pytest.mark.slow
 def test_a_two_trial_optuna_search_runs_and_records_its_best(tmp_path):
-    proc = run_script(
+    proc = run_entry(
         str(ROOT / "train.py"),
         "-m",
         "hparams_search=lr_loss",
@@ -87,7 +87,6 @@ def test_a_two_trial_optuna_search_runs_and_records_its_best(tmp_path):
         "logger=csv",
         *TINY_DATA,
         cwd=tmp_path,
-        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()

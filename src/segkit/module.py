@@ -226,6 +226,7 @@ class SegmentationModule(L.LightningModule):
         if not self.hparams.scheduler:
             return optimizer
         scheduler = safe_instantiate(self.hparams.scheduler, key="scheduler", **trust)(
-            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+            optimizer=optimizer,
+            total_steps=self.trainer.estimated_stepping_batches,  # inf under max_time alone
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

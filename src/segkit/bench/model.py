@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segkit.bench.measure import StepTimer, autocast, peak_memory_mb, reset_peak_memory
 from segkit.data.dataset import collate
+from segkit.param_groups import build_optimizer
 from segkit.tasks.train import build_module
 
 # What each setting measures, once per repeat.
@@ -107,7 +108,7 @@ def measure_bare(cfg, loader, setting, device) -> tuple[float, float]:
     module = _module(cfg, setting["channels_last"], setting["compile"]).to(device)
     net = module.compiled_net if module.compiled_net is not None else module.net
     criterion = module.criterion
-    optimizer = instantiate(cfg.optimizer)(params=module.net.parameters())
+    optimizer = build_optimizer(cfg.optimizer, module, instantiate)  # the groups the module's own optimizer has
     total = cfg.warmup_steps + cfg.steps
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=total) if cfg.get("scheduler") else None
     scaler = torch.amp.GradScaler(device.type, enabled=setting["precision"].startswith("16"))
