@@ -6,6 +6,10 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# Under pytest-xdist (`make test` runs `-n auto`) each worker, and each command it starts, computes on one thread:
+# workers x threads stay within the cores, where oversubscribed OpenMP threads would wait on each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -147,6 +151,10 @@ def trained_run(tmp_path_factory) -> tuple[DictConfig, Path, dict]:
         "train", TINY_DATA + ["trainer.max_epochs=2", "trainer.accelerator=cpu", "logger=wandb", "test=true"], run_dir
     )
     return cfg, run_dir, train(cfg)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -4,15 +4,13 @@ same `test` setting) would refuse, and both say which folder, what was searched 
 Every dataset here is written to tmp_path: these tests never need ../shared."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from conftest import ROOT, compose_config, script_env
+from conftest import ROOT, compose_config, run_entry
 from fake_data import THREE_CLASSES, blocks, image_for, save
 from segkit.data.check import run_check
 from segkit.data.files import DataError
@@ -151,21 +149,14 @@ def test_a_sound_dataset_is_accepted_by_both(tmp_path):
     assert same_verdict(tmp_path, data_overrides(root), test=False) == ([], None)
 
 
-def test_the_check_command_exits_with_training_verdict(tmp_path, capsys):
+def test_the_check_command_exits_with_training_verdict(tmp_path, capsys, monkeypatch):
     root = write_pairs(tmp_path / "d")
     accepted = run_check(compose_config("check_data", [*data_overrides(root), "test=false"], tmp_path / "check"))
     assert accepted["errors"] == 0 and "would accept this data" in capsys.readouterr().out  # check_data.py: exit 0
     for image in (root / "images").iterdir():
         image.unlink()
-    command = [sys.executable, str(ROOT / "check_data.py"), *data_overrides(root)]
-    refused = subprocess.run(
-        [*command, "test=false"],
-        cwd=tmp_path,
-        env={**script_env(), "COLUMNS": "250"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    monkeypatch.setenv("COLUMNS", "250")  # the report's table as wide as its longest line
+    refused = run_entry(str(ROOT / "check_data.py"), *data_overrides(root), "test=false", cwd=tmp_path)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "would stop on 2 error(s)" in refused.stdout and f"no file matches {IMAGE_PATTERN}" in refused.stdout
     assert training_refusal(tmp_path, data_overrides(root), test=False) is not None

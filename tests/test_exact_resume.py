@@ -84,7 +84,7 @@ def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninter
     (run / "checkpoints" / ".last.ckpt.tmp-12345").write_bytes(b"half a checkpoint")  # a save that was cut short
 
     # The run's own overrides come back from its directory; `++...=null` drops the killer.
-    proc = run_script(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
+    proc = run_entry(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((tmp_path / "logs" / "train" / "runs").iterdir()) == [run]
     assert metrics_csv(run) == uninterrupted  # the whole history, value for value
