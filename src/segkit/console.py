@@ -37,6 +37,21 @@ def quiet_known_noise() -> None:
             logger.addFilter(DropMessages(starts))
     # The worker count is the config's (data.num_workers): Lightning's advice repeats it for every loader.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Lightning 2.6 calling a torch.utils._pytree API that torch 2.14 deprecates, on every fit and test.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    one_console_for_lightning()
+
+
+def one_console_for_lightning() -> None:
+    """Lightning gives its `lightning` logger a console handler of its own and lets it propagate too: where the
+    root logger has handlers (Hydra's console and log file), every Lightning line was printed twice. Its own
+    handler goes; its lines still reach the console and the log file through the root logger."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_log = logging.getLogger("lightning")
+    for handler in list(lightning_log.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_log.removeHandler(handler)
 
 
 def _value(metrics: dict[str, Any], key: str) -> float | None:

@@ -1,5 +1,6 @@
 """Lightning's CSV logger, made safe to resume: a resumed run keeps its metrics history, and no rewrite of
-`metrics.csv` or `hparams.yaml` can be cut short by a kill."""
+`metrics.csv` or `hparams.yaml` can be cut short by a kill. And its W&B logger, without the settings W&B warns
+about."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import yaml
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -79,3 +81,15 @@ class CSVLogger(LightningCSVLogger):
             return
         fields, rows = read_rows(path)
         write_rows(path, fields, [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) < step])
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's W&B logger without the two settings it passes to every `wandb.init` that W&B (0.30) warns about
+    on every run: `anonymous` (no effect any more) and, offline, `resume` (ignored offline: the run keeps its id,
+    which resuming sets, either way)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)
+        if os.environ.get("WANDB_MODE", self._wandb_init.get("mode")) in ("offline", "dryrun"):
+            self._wandb_init.pop("resume", None)
