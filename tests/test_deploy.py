@@ -3,6 +3,7 @@ predict.py's palette PNGs, and exports that run in onnxruntime / torch.export li
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,10 @@ def test_export_runs_in_onnxruntime_and_torch_export_like_pytorch(checkpoint, tm
     import onnxruntime
 
     cfg = compose_config("export", [f"ckpt_path={checkpoint}", f"output={tmp_path / 'export'}"], tmp_path / "run")
-    summary = export(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = export(cfg)
+    assert not [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
     for fmt in ("onnx", "torch_export"):
         assert summary["exports"][fmt]["max_abs_diff"] < 1e-4
     # A shape the export never saw, batch 4, straight through onnxruntime.

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from segkit.callbacks import MaskWriter
 from segkit.checkpoints import load_module
+from segkit.console import quiet_known_noise
 from segkit.data.inputs import ImageBatches, ImageFiles, find_images, read_failure
 from segkit.inference import build_inference
 from segkit.tasks.common import plain
@@ -59,6 +60,7 @@ class _Writer(MaskWriter):
 
 def predict(cfg: DictConfig) -> Path:
     files = find_images(cfg.input)  # before the checkpoint: a wrong input fails at once
+    quiet_known_noise()
     module = load_module(cfg.ckpt_path, trusted=cfg.get("trusted_modules") or ())
     data = module.hparams.data
     module.inference = build_inference(plain(cfg.inference), data)
