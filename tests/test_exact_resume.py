@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,11 @@ def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninter
     (run / "checkpoints" / ".last.ckpt.tmp-12345").write_bytes(b"half a checkpoint")  # a save that was cut short
 
     # The run's own overrides come back from its directory; `++...=null` drops the killer.
-    proc = run_entry(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        proc = run_entry(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # its own checkpoints: no warning
     assert list((tmp_path / "logs" / "train" / "runs").iterdir()) == [run]
     assert metrics_csv(run) == uninterrupted  # the whole history, value for value
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")) == []  # cleaned up
