@@ -149,3 +149,23 @@ def test_channels_last_and_compile_switches_keep_the_network_and_its_checkpoint_
     assert compiled.state_dict().keys() == plain.state_dict().keys()  # the wrapper is kept out of checkpoints
     with torch.no_grad():
         assert torch.equal(compiled.eval()(images), compiled.net(images))  # forward goes through the wrapper
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
+def test_the_model_summary_counts_the_flops_of_one_training_crop(tiny_train_cfg, precision):
+    """What `trainer.fit` prints before training: the network's FLOPs for one crop, in the precision's own input
+    type (bf16-true feeds bf16), not Lightning's "Total FLOPs: 0"."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = tiny_train_cfg()
+    module = build_module(cfg)
+    module.trainer = L.Trainer(precision=precision, logger=False, accelerator="cpu")
+    module.trainer.precision_plugin.convert_module(module)
+    module.setup("fit")
+    module.trainer = None  # the summary then runs the example as given, without the fit's data hooks
+    crop = tuple(cfg.data.crop_size)
+    assert module.example_input_array.shape == (1, cfg.data.in_channels, *crop)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module.net.eval()(module.example_input_array)
+    assert ModelSummary(module).total_flops == counter.get_total_flops() > 0

@@ -103,6 +103,15 @@ class SegmentationModule(L.LightningModule):
         net = self.compiled_net if self.compiled_net is not None else self.net
         return net(images)
 
+    def setup(self, stage: str) -> None:
+        """Lightning's model summary runs `example_input_array` through the model to show FLOPs and sizes (with
+        none it prints "Total FLOPs: 0"): one image of the training crop, in the precision's input type (bf16-true
+        and the like). None where that pass would first compile the network (minutes)."""
+        crop_size = self.hparams.data.get("crop_size")
+        if stage == "fit" and crop_size and self.compiled_net is None:
+            example = torch.zeros(1, int(self.hparams.data["in_channels"]), *map(int, crop_size))
+            self.example_input_array = self.trainer.precision_plugin.convert_input(example)
+
     def parameter_counts(self) -> dict[str, int]:
         return {
             "params/total": sum(p.numel() for p in self.parameters()),
