@@ -80,7 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         try:
             with warnings.catch_warnings():  # it is: the datamodule's state puts it where the stop left it
                 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-                if resume.in_place:  # its own checkpoints, which it continues
+                if resume.in_place or any(output_dir.glob("hpc_ckpt_*.ckpt")):  # its own, which it continues
                     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint, weights_only=True)
         except RunStopped as stop:
