@@ -105,11 +105,23 @@ def test_wandb_run_id_is_read_from_the_run_directory(tmp_path):
         ({}, None),
         ({"TORCHELASTIC_RUN_ID": "job42", "WORLD_SIZE": "8"}, "torchrun-job42"),
         ({"SLURM_JOB_ID": "777", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0"}, "slurm-777.0"),
-        ({"SLURM_JOB_ID": "777", "SLURM_NTASKS": "1"}, None),  # one task (salloc, sbatch): an ordinary run
+        # One task: an srun step of a batch job is requeued under the same name; an interactive allocation's
+        # step or the batch script's own process is an ordinary run.
+        ({"SLURM_JOB_ID": "777", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "2", "SLURM_JOB_NAME": "seg"}, "slurm-777.2"),
+        ({"SLURM_JOB_ID": "777", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "bash"}, None),
+        ({"SLURM_JOB_ID": "777", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "seg"}, None),
     ],
 )
 def test_processes_of_one_launch_agree_on_a_directory_name(monkeypatch, env, expected):
-    for key in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_ID", "RANK"):
+    for key in (
+        "TORCHELASTIC_RUN_ID",
+        "WORLD_SIZE",
+        "SLURM_JOB_ID",
+        "SLURM_NTASKS",
+        "SLURM_STEP_ID",
+        "SLURM_JOB_NAME",
+        "RANK",
+    ):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -125,14 +137,21 @@ def test_static_torchrun_names_the_directory_after_its_agent(monkeypatch):
     assert resume.hydra_subdir("/nowhere", None, "stamp") is None  # only rank 0 writes Hydra's record
 
 
-def test_a_restarted_launch_continues_its_own_directory_from_its_newest_state(tmp_path, monkeypatch):
-    for key in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK"):
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"SLURM_NTASKS": "2"}, "slurm-4242"),  # the tasks of a multi-GPU job
+        ({"SLURM_NTASKS": "1", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "seg"}, "slurm-4242.0"),  # a one-GPU job
+    ],
+)
+def test_a_restarted_launch_continues_its_own_directory_from_its_newest_state(tmp_path, monkeypatch, env, name):
+    for key in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "RANK", "SLURM_STEP_ID", "SLURM_JOB_NAME"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv("SLURM_NTASKS", "2")
-    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     assert resume.plan(tmp_path, None) == resume.ResumePlan()  # first start
-    run = make_run(tmp_path, "slurm-4242")
+    run = make_run(tmp_path, name)
     (run / "hpc_ckpt_3.ckpt").write_bytes(b"state")  # what Lightning saved before SLURM requeued the job
     past = time.time() - 60
     os.utime(run / "checkpoints" / "last.ckpt", (past, past))

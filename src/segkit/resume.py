@@ -204,8 +204,14 @@ def launch_name() -> str | None:
         # Static rendezvous: the processes of one node share their parent, torchrun's agent.
         started = process_start_time(os.getppid())
         return f"{started:%Y-%m-%d_%H-%M-%S}-torchrun{os.getppid()}" if started else None
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
-        step = env.get("SLURM_STEP_ID")
+    if "SLURM_JOB_ID" not in env:
+        return None
+    step = env.get("SLURM_STEP_ID")
+    # One task: an `srun` step of a batch job, which a requeue runs again under the same job and step ids. Not an
+    # interactive allocation's (Lightning's own test: the job's name), nor the batch script's own process, where
+    # several runs in turn would share the name.
+    batch_step = step is not None and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    if int(env.get("SLURM_NTASKS", "1")) > 1 or batch_step:
         return f"slurm-{env['SLURM_JOB_ID']}" + (f".{step}" if step else "")
     return None
 
