@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 LAST = "last"
 HYDRA_SUBDIR = ".hydra"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # what Lightning saves in the run directory before SLURM requeues the job
 
 
 class ResumeError(ValueError):
@@ -57,7 +58,7 @@ def run_of(checkpoint: Path) -> Path | None:
 def newest_state(run: Path) -> Path | None:
     """The newest training state saved in `run`: `checkpoints/last.ckpt`, or the state Lightning saved before SLURM
     requeued the job (`hpc_ckpt_<N>.ckpt`), whichever was written last."""
-    found = [p for p in [run / LAST_CHECKPOINT, *run.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    found = [p for p in [run / LAST_CHECKPOINT, *run.glob(HPC_CHECKPOINTS)] if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

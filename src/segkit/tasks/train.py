@@ -21,7 +21,7 @@ from segkit.device_checks import check_devices
 from segkit.loggers import CSVLogger, read_rows
 from segkit.module import SegmentationModule
 from segkit.random_state import RandomStates
-from segkit.resume import LAST_CHECKPOINT, check_not_finished, plan_of_run, wandb_run_id
+from segkit.resume import HPC_CHECKPOINTS, LAST_CHECKPOINT, check_not_finished, plan_of_run, wandb_run_id
 from segkit.stop import RunStopped, StopAndSave
 from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, print_table, split_metrics
 from segkit.trust import check_targets
@@ -80,7 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         try:
             with warnings.catch_warnings():  # it is: the datamodule's state puts it where the stop left it
                 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-                if resume.in_place or any(output_dir.glob("hpc_ckpt_*.ckpt")):  # its own, which it continues
+                if resume.in_place or any(output_dir.glob(HPC_CHECKPOINTS)):  # its own, which it continues
                     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint, weights_only=True)
         except RunStopped as stop:
