@@ -29,3 +29,16 @@ class KillAtEpochEnd(Callback):
     def on_train_epoch_end(self, trainer, *args) -> None:
         if trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillInValidation(Callback):
+    """A signal to this process when the validation of epoch `epoch` starts (during fit): after the epoch's last
+    training batch and whatever that batch saved, before the epoch's validation and epoch-end logging ran."""
+
+    def __init__(self, epoch: int, signum: int = signal.SIGKILL) -> None:
+        self.epoch = epoch
+        self.signum = signum
+
+    def on_validation_start(self, trainer, *args) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), self.signum)

@@ -52,27 +52,58 @@ def as_run(folder: Path, lines: list[str]) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_saves_mid_epoch_and_resumes_exactly(dataset, uninterrupted, tmp_path, signum):
-    run = as_run(tmp_path / "run", overrides(dataset))
-    stop_at = STEPS_PER_EPOCH + 2  # in the middle of the second epoch
+def periodic(steps: int) -> list[str]:
+    """The run's mid-epoch last.ckpt every `steps` optimizer steps instead of every 30 minutes."""
+    return [f"callbacks.periodic_checkpoint.every_n_train_steps={steps}"]
+
+
+@pytest.mark.parametrize(
+    ("signum", "stop_at", "every"),
+    [
+        (signal.SIGTERM, STEPS_PER_EPOCH + 2, None),  # in the middle of the second epoch
+        (signal.SIGINT, STEPS_PER_EPOCH + 2, 3),  # Ctrl-C in the batch of a periodic save
+        (signal.SIGTERM, STEPS_PER_EPOCH, 2),  # the first epoch's last batch, with a periodic save in it
+    ],
+    ids=["SIGTERM-mid-epoch", "SIGINT-with-a-periodic-save", "SIGTERM-in-the-last-batch-with-a-periodic-save"],
+)
+def test_a_stop_saves_where_it_lands_and_resumes_exactly(dataset, uninterrupted, tmp_path, signum, stop_at, every):
+    """A stop in an epoch's last batch saves there and stops before the epoch's validation (which may take
+    minutes); the resumed run validates and ends that epoch as the uninterrupted run did."""
+    run_args = overrides(dataset) + (periodic(every) if every else [])
+    run = as_run(tmp_path / "run", run_args)
     kill = [
         "+callbacks.interrupt._target_=interrupt.KillAtStep",
         f"+callbacks.interrupt.step={stop_at}",
         f"+callbacks.interrupt.signum={int(signum)}",
     ]
     with pytest.raises(SystemExit) as stopped:
-        train(compose_config("train", overrides(dataset) + kill, run))
+        train(compose_config("train", run_args + kill, run))
     assert stopped.value.code == 128 + signum  # what a shell shows for a process ended by the signal
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (saved["epoch"], saved["global_step"]) == (1, stop_at)
+    assert (saved["epoch"], saved["global_step"]) == (stop_at // (STEPS_PER_EPOCH + 1), stop_at)
     assert not (run / "metrics.json").exists()  # an unfinished run does not look finished
     for handler in map(signal.getsignal, (signal.SIGTERM, signal.SIGINT)):  # the handlers are given back
         assert not isinstance(getattr(handler, "__self__", None), StopAndSave)
 
-    metrics = train(compose_config("train", overrides(dataset) + [f"ckpt_path={run}"], run))
+    metrics = train(compose_config("train", run_args + [f"ckpt_path={run}"], run))
     assert metrics_csv(run) == uninterrupted
     assert metrics["train/loss_epoch"] > 0 and "val/mIoU" in metrics
+
+
+def test_sigkill_after_a_save_in_an_epochs_last_batch_resumes_into_its_validation(dataset, uninterrupted, tmp_path):
+    """The periodic save lands in the first epoch's last batch, SIGKILL in that epoch's validation: the resumed
+    run validates the epoch and logs its end (Lightning alone took the checkpoint for a finished epoch)."""
+    kill = ["+callbacks.interrupt._target_=interrupt.KillInValidation", "+callbacks.interrupt.epoch=0"]
+    proc = run_script(str(ROOT / "train.py"), *overrides(dataset), *periodic(STEPS_PER_EPOCH), *kill, cwd=tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (0, STEPS_PER_EPOCH)
+    assert "val/mIoU" not in metrics_csv(run)  # killed before the first validation ended
+
+    proc = run_entry(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert metrics_csv(run) == uninterrupted
 
 
 def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninterrupted, tmp_path):

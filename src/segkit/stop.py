@@ -12,6 +12,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
+from segkit.epoch_end_resume import validates_after
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -80,18 +82,29 @@ class StopAndSave(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Saves where Lightning knows how to resume (as a checkpoint every N steps would); the stop itself comes
-        at the next batch, after Lightning has logged this one. The last batch of an epoch is left to the epoch's
-        own validation and checkpoint: the stop comes one batch into the next epoch."""
+        at the next batch or validation, after Lightning has logged this one. In an epoch's last batch too: the
+        resumed run validates and ends that epoch (`segkit.epoch_end_resume`), so a stop does not wait for a
+        validation that may take minutes. Only where no validation follows that batch is the save left to the
+        epoch's end, and the stop comes one batch into the next epoch."""
         asked = self.requested is not None
         if trainer.world_size > 1:
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if not asked or self.saved:
+            return
         epoch_ends = trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
-        if not asked or epoch_ends or self.saved:
+        if epoch_ends and not validates_after(trainer, trainer.current_epoch):
             return
         trainer.save_checkpoint(self.checkpoint)
         self.saved = True
         log.warning("Saved %s at epoch %d, step %d.", self.checkpoint, trainer.current_epoch, trainer.global_step)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._stop_if_saved()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._stop_if_saved()
+
+    def _stop_if_saved(self) -> None:
         if self.saved:
             raise RunStopped(self.requested or signal.SIGTERM, self.checkpoint)

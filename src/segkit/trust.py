@@ -27,6 +27,7 @@ TRUSTED_MODULES: tuple[str, ...] = (
     "segkit.data",
     "segkit.loggers",
     "segkit.callbacks",
+    "segkit.periodic_checkpoint",
     "segkit.checkpoint_io",
     "torch.nn",
     "torch.optim",  # torch.optim.lr_scheduler included

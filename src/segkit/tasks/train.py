@@ -18,6 +18,7 @@ from segkit.checkpoints import read_checkpoint
 from segkit.config_checks import validate
 from segkit.console import EpochLine, closing_lines, quiet_known_noise
 from segkit.device_checks import check_devices
+from segkit.epoch_end_resume import ResumeIntoEpochEnd
 from segkit.loggers import CSVLogger, read_rows
 from segkit.module import SegmentationModule
 from segkit.random_state import RandomStates
@@ -66,7 +67,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.test_after_fit = bool(cfg.get("test"))  # a missing test split stops the run now, not after fitting
     module = build_module(cfg)
     # Part of what a run promises, not options: exact resume and a checkpoint on SIGTERM / Ctrl-C.
-    trainer = build_trainer(cfg, [RandomStates(), StopAndSave(output_dir / LAST_CHECKPOINT), EpochLine()])
+    trainer = build_trainer(
+        cfg, [RandomStates(), ResumeIntoEpochEnd(), StopAndSave(output_dir / LAST_CHECKPOINT), EpochLine()]
+    )
     if resumed_step is not None:
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
