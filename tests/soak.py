@@ -1,14 +1,16 @@
 """Soak test of exact resume: kill a small training run N times at random moments, resume it each time, and compare
 its whole metrics history with an uninterrupted run's.
 
-    python tests/soak.py [--kills 10] [--seed 0] [--workdir DIR] [--epochs 20]
+    python tests/soak.py [--kills 10] [--seed 0] [--workdir DIR] [--epochs 20] [--every-n-steps 3] [OVERRIDE ...]
 
-Each attempt starts `train.py` (the first one afresh, later ones with `ckpt_path=last`) and sends SIGKILL or
-SIGTERM at a random moment: during start-up (one attempt in six), while a checkpoint is being written (a
-temporary checkpoint file exists; one in three), or a random number of logged rows (steps, validations) later
-plus a random fraction of a second (mid-step, validation or a save).
+Each attempt starts `train.py` (the first one afresh, later ones with `ckpt_path=last`) and sends SIGKILL,
+SIGTERM or SIGINT (Ctrl-C) at a random moment: during start-up (one attempt in six), while a checkpoint is being
+written (a temporary checkpoint file exists; one in three), or a random number of logged rows (steps,
+validations) later plus a random fraction of a second (mid-step, validation or a save).
 After N kills the run is resumed until it finishes. The data: 20 PNG pairs written to the work folder; the model:
-FCN (dropout) on augmented crops read by two workers, so that every source of randomness is exercised.
+FCN (dropout) on augmented crops read by two workers, so that every source of randomness is exercised. Besides
+the checkpoint after every validation, `last.ckpt` is written every `--every-n-steps` steps (0: never), so that
+saves land mid-epoch and in an epoch's last batch (4 steps an epoch). Extra overrides apply to both runs.
 Prints one row per attempt and the verdict; exits 1 when the histories differ.
 """
 
@@ -43,9 +45,12 @@ def write_dataset(root: Path) -> Path:
     return root
 
 
-def overrides(data: Path, epochs: int) -> list[str]:
-    """FCN (its dropout draws from the random state) on augmented crops read by two workers."""
+def overrides(data: Path, epochs: int, every_n_steps: int = 0) -> list[str]:
+    """FCN (its dropout draws from the random state) on augmented crops read by two workers; a periodic
+    `last.ckpt` every `every_n_steps` steps."""
+    periodic = [f"callbacks.periodic_checkpoint.every_n_train_steps={every_n_steps}"] if every_n_steps else []
     return [
+        *periodic,
         "data=folder",
         f"data.root={data}",
         *THREE_CLASSES,
@@ -131,6 +136,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--every-n-steps", type=int, default=3, help="periodic last.ckpt every N steps (0: none)")
+    parser.add_argument("override", nargs="*", help="more overrides of train.py, for both runs")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="segkit-soak-"))
@@ -139,7 +146,7 @@ def main() -> int:
     (workdir / "victim").mkdir(parents=True)
     (workdir / "reference").mkdir()
     data = write_dataset(workdir / "data")
-    base = overrides(data, args.epochs)
+    base = [*overrides(data, args.epochs, args.every_n_steps), *args.override]
 
     began = time.monotonic()
     reference = start(base, workdir / "reference")
@@ -156,7 +163,7 @@ def main() -> int:
         resumable = saved_step(runs(victim)[-1] if runs(victim) else None) != "-"
         proc = start(["ckpt_path=last"] if resumable else base, victim)
         if killed < args.kills:
-            signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
+            signum = rng.choice([signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
             draw = rng.random()
             if draw < 1 / 6:  # before training starts: imports, data checks, restoring
                 delay = rng.uniform(0.5, 6.0)
@@ -180,7 +187,7 @@ def main() -> int:
         code = proc.wait()
         run = runs(victim)[-1] if runs(victim) else None
         rows.append((attempt, signal.Signals(signum).name if signum else "-", moment, code, saved_step(run)))
-        if code not in (0, -signal.SIGKILL, -signal.SIGTERM, 128 + signal.SIGTERM):
+        if code not in (0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT):
             print(proc.stderr.read()[-3000:])
         if code == 0 and run is not None and (run / "metrics.json").is_file():
             break

@@ -36,3 +36,45 @@ def test_a_redirected_default_run_tells_its_story_once(tmp_path):
     closing = console[console.index("Run directory:") :]
     assert f"Run directory:   {run}" in closing and "Best checkpoint: " in closing
     assert "Dashboard:       make dashboard" in closing and "W&B (offline):   wandb sync " in closing
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_an_epoch_resumed_mid_way_reports_the_time_spent_in_it(monkeypatch, caplog):
+    """Stopped 30 s into an epoch, resumed an hour later, 30 s more: the epoch took 1 min, and the time left is
+    estimated from what the resumed process trained (half an epoch in 30 s)."""
+    from types import SimpleNamespace
+
+    from segkit import console
+
+    clock = FakeClock()
+    monkeypatch.setattr(console, "time", clock)
+    progress = SimpleNamespace(current=SimpleNamespace(processed=2))
+    trainer = SimpleNamespace(
+        current_epoch=0,
+        max_epochs=3,
+        is_global_zero=True,
+        sanity_checking=False,
+        callback_metrics={},
+        num_training_batches=4,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+    )
+    first = console.EpochLine()
+    first.on_train_start(trainer, None)
+    first.on_train_epoch_start(trainer, None)
+    clock.now += 30
+    saved = first.state_dict()  # a checkpoint half-way through the epoch
+    clock.now += 3600  # killed, and resumed an hour later
+    resumed = console.EpochLine()
+    resumed.load_state_dict(saved)
+    resumed.on_train_start(trainer, None)  # Lightning calls no on_train_epoch_start for the epoch it goes on with
+    clock.now += 30
+    with caplog.at_level("INFO", logger="segkit"):
+        resumed.on_train_epoch_end(trainer, SimpleNamespace())
+    assert "epoch 1/3  1 min 00 s  ETA 2 min 00 s" in caplog.text

@@ -104,6 +104,13 @@ def test_sigkill_after_a_save_in_an_epochs_last_batch_resumes_into_its_validatio
     proc = run_entry(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert metrics_csv(run) == uninterrupted
+    (record,) = (run / ".hydra").glob("resume-*/resumed_from.yaml")  # where the resume continued from
+    assert yaml.safe_load(record.read_text()) == {
+        "checkpoint": str(run / "checkpoints" / "last.ckpt"),
+        "epoch": 0,
+        "global_step": STEPS_PER_EPOCH,
+        "batches_of_epoch_done": STEPS_PER_EPOCH,
+    }
 
 
 def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninterrupted, tmp_path):

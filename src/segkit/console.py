@@ -72,20 +72,41 @@ def _duration(seconds: float) -> str:
 
 class EpochLine(L.Callback):
     """`epoch 3/8  train loss 0.512  val loss 0.601  val mIoU 0.412  best 0.430  58 s  ETA 4 min 50 s`, through
-    logging, so it reaches `train.log` and redirected output, where a progress bar leaves only its last frame."""
+    logging, so it reaches `train.log` and redirected output, where a progress bar leaves only its last frame.
+
+    An epoch's time is the time spent in it: checkpoints carry the time of the epoch in progress, so an epoch
+    interrupted and resumed reports its own duration, not the wall time since it first began."""
 
     def __init__(self) -> None:
-        self._started = 0.0
-        self._resumed_epochs = 0
+        self._started: float | None = None  # monotonic time the epoch in progress began (shifted back on resume)
+        self._resumed_at = 0.0  # epochs (with a fraction) done before this process started
+        self._carried: dict[str, float] = {}  # the epoch in progress, from the checkpoint resumed
+
+    def state_dict(self) -> dict[str, float]:
+        trainer = getattr(self, "_trainer", None)
+        if self._started is None or trainer is None:
+            return {}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        fraction = min(1.0, batches / trainer.num_training_batches) if trainer.num_training_batches else 0.0
+        return {"seconds": time.monotonic() - self._started, "fraction": fraction}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._carried = dict(state_dict)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._resumed_epochs = trainer.current_epoch  # a resumed run's ETA counts only what this process trains
+        self._trainer = trainer
+        # A run resumed inside an epoch goes on with it (no on_train_epoch_start): its clock starts where it was.
+        self._started = time.monotonic() - self._carried.get("seconds", 0.0)
+        self._resumed_at = trainer.current_epoch + self._carried.get("fraction", 0.0)
         self._fit_started = time.monotonic()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._carried:  # resumed from a previous epoch's end: this process begins with a new epoch
+            self._carried, self._resumed_at = {}, float(trainer.current_epoch)
         self._started = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._carried = {}
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
@@ -99,7 +120,7 @@ class EpochLine(L.Callback):
             if value is not None:
                 parts.append(f"{label} {value:.4f}")
         parts.append(_duration(time.monotonic() - self._started))
-        done = epoch - self._resumed_epochs
+        done = epoch - self._resumed_at  # what this process trained, in epochs
         if total and total > 0 and done > 0 and epoch < total:
             per_epoch = (time.monotonic() - self._fit_started) / done
             parts.append(f"ETA {_duration(per_epoch * (total - epoch))}")

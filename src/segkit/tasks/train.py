@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -61,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    resumed_step = prepare_resume(cfg, output_dir, int(saved["global_step"])) if resume.in_place else None
+    resumed_step = prepare_resume(cfg, output_dir, saved, resume.checkpoint) if resume.in_place else None
 
     datamodule = instantiate(cfg.data)
     datamodule.test_after_fit = bool(cfg.get("test"))  # a missing test split stops the run now, not after fitting
@@ -119,12 +121,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def prepare_resume(cfg: DictConfig, run: Path, resumed_step: int) -> int:
-    """Continuing a run in place from the checkpoint of `resumed_step`: temporary files a killed save left are
-    removed, the run logs to its own W&B run (the id W&B recorded in the run directory), and TensorBoard hides
-    what the interrupted process logged after the checkpoint (`purge_step`)."""
+def prepare_resume(cfg: DictConfig, run: Path, saved: dict, checkpoint: Path) -> int:
+    """Continuing a run in place from `checkpoint` (its contents `saved`): temporary files a killed save left are
+    removed, the resume record says where training continues, the run logs to its own W&B run (the id W&B
+    recorded in the run directory), and TensorBoard hides what the interrupted process logged after the
+    checkpoint (`purge_step`). Returns the checkpoint's global step."""
     for leftover in remove_leftovers(run / LAST_CHECKPOINT.parent):
         log.info("Removed %s, left by a process killed while saving.", leftover)
+    resumed_step = int(saved["global_step"])
+    record_resume(run, saved, checkpoint)
     loggers = cfg.get("logger") or {}
     wandb_cfg, tensorboard_cfg = loggers.get("wandb"), loggers.get("tensorboard")
     run_id = wandb_run_id(run)
@@ -135,6 +140,29 @@ def prepare_resume(cfg: DictConfig, run: Path, resumed_step: int) -> int:
         with open_dict(tensorboard_cfg):
             tensorboard_cfg.purge_step = resumed_step
     return resumed_step
+
+
+def record_resume(run: Path, saved: dict, checkpoint: Path) -> None:
+    """`resumed_from.yaml` in this resume's record (`.hydra/resume-<time>/`, beside its overrides) and a log line:
+    the checkpoint, and the epoch, step and batches of that epoch already trained that training continues from."""
+    batches = saved.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {}).get("current", {})
+    where = {
+        "checkpoint": str(checkpoint),
+        "epoch": int(saved["epoch"]),
+        "global_step": int(saved["global_step"]),
+        "batches_of_epoch_done": int(batches.get("processed", 0)),
+    }
+    log.info(
+        "Resuming %s from %s: epoch %d, step %d, %d training batches of that epoch done.",
+        run,
+        checkpoint.name,
+        where["epoch"],
+        where["global_step"],
+        where["batches_of_epoch_done"],
+    )
+    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+    if subdir and Path(subdir).name.startswith("resume-"):
+        atomic_write_text(run / subdir / "resumed_from.yaml", yaml.safe_dump(where, sort_keys=False))
 
 
 def history_metrics(trainer: L.Trainer) -> dict[str, float]:
