@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import model_checkpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, model_checkpoint
 
 from conftest import compose_config
 from segkit.periodic_checkpoint import PeriodicCheckpoint, as_timedelta
@@ -48,24 +48,37 @@ class SixteenMinuteBatches(Callback):
 
 
 @pytest.mark.slow
-def test_a_default_run_saves_last_ckpt_each_time_30_minutes_have_passed(tiny_train_cfg, monkeypatch):
+@pytest.mark.parametrize(
+    ("validate_every", "saves"),
+    [
+        # 32 minutes after the start at step 2 (the first epoch's last batch), then 32 minutes later at 4 and 6.
+        (1, [(0, 2), (1, 4), (2, 6)]),
+        # A save due in the last batch of an epoch without validation comes one batch on (resumed from there,
+        # Lightning would skip the epoch's end); at step 6, the run's end, the epoch's own checkpoint does.
+        (2, [(1, 3), (1, 4)]),
+    ],
+)
+def test_a_default_run_saves_last_ckpt_each_time_30_minutes_have_passed(
+    tiny_train_cfg, monkeypatch, validate_every, saves
+):
     clock = Clock()
     monkeypatch.setattr(model_checkpoint, "time", clock)
-    saves = []
-    real_save = PeriodicCheckpoint._save_checkpoint
+    made = []
+    real_save = ModelCheckpoint._save_checkpoint
 
     def recording_save(self, trainer, filepath):
-        saves.append((trainer.current_epoch, trainer.global_step, filepath))
+        if isinstance(self, PeriodicCheckpoint):
+            made.append((trainer.current_epoch, trainer.global_step, filepath))
         real_save(self, trainer, filepath)
 
-    monkeypatch.setattr(PeriodicCheckpoint, "_save_checkpoint", recording_save)
-    cfg = tiny_train_cfg("trainer.max_epochs=3", "callbacks.model_checkpoint=null")  # 2 steps an epoch
+    monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", recording_save)
     build = common.build_trainer
     with_clock = lambda cfg, callbacks: build(cfg, [*callbacks, SixteenMinuteBatches(clock)])  # noqa: E731
     monkeypatch.setattr("segkit.tasks.train.build_trainer", with_clock)
+    cfg = tiny_train_cfg(  # 2 steps an epoch
+        "trainer.max_epochs=3", f"trainer.check_val_every_n_epoch={validate_every}", "callbacks.model_checkpoint=null"
+    )
     train(cfg)
-    # 32 minutes after the start at step 2 (the first epoch's last batch), then 32 minutes later at 4 and 6.
-    assert [(epoch, step) for epoch, step, _ in saves] == [(0, 2), (1, 4), (2, 6)]
-    assert {path for _, _, path in saves} == {str(cfg.paths.output_dir) + "/checkpoints/last.ckpt"}
-    last = torch.load(saves[0][2], weights_only=True)
-    assert last["global_step"] == 6  # the epoch's own last.ckpt overwrote it after validation; one file
+    assert [(epoch, step) for epoch, step, _ in made] == saves
+    assert {path for _, _, path in made} == {str(cfg.paths.output_dir) + "/checkpoints/last.ckpt"}
+    assert torch.load(made[0][2], weights_only=True)["global_step"] == made[-1][1]  # one file, the newest

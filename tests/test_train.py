@@ -201,10 +201,11 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
 def test_two_process_ddp_on_cpu_stops_together_resumes_and_agrees_across_ranks_and_with_one_process(tmp_path):
     sigterm = [
         "+callbacks.interrupt._target_=interrupt.KillAtStep",
-        "+callbacks.interrupt.step=1",
+        "+callbacks.interrupt.step=2",
         "+callbacks.interrupt.signum=15",
         "trusted_modules=[interrupt]",
-    ]  # mid-epoch: 2 steps an epoch
+        "callbacks.periodic_checkpoint.every_n_train_steps=2",
+    ]  # in the epoch's last batch (2 steps an epoch), where a periodic save lands too
     proc = run_script(
         # The CPU rehearsal of trainer=ddp as typed (sync-BN turned off, said once), in fp32 so that one process
         # can score the same validation data to the same confusion matrix.
@@ -224,9 +225,13 @@ def test_two_process_ddp_on_cpu_stops_together_resumes_and_agrees_across_ranks_a
     assert proc.returncode == 128 + 15, proc.stderr[-3000:]  # every process stopped; the first one saved
     assert (proc.stdout + proc.stderr).count("trainer.sync_batchnorm=true needs CUDA GPUs") == 1
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()  # one run directory for both processes
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert "val/mIoU" not in (run_dir / "csv" / "metrics.csv").read_text()  # stopped before the validation
     proc = run_script(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(run_dir / "csv" / "metrics.csv") as f:  # the resumed run validated the epoch and logged its end
+        ends = [(r["epoch"], r["step"]) for r in csv.DictReader(f) if r["val/mIoU"] or r["train/loss_epoch"]]
+    assert ends == [("0", "1"), ("0", "1")]
     wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))  # rank 0's only, one per launch, one run id
     assert len(wandb_runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in wandb_runs}) == 1
     ranks = [json.loads((run_dir / "ranks" / f"metrics.rank{r}.json").read_text())["metrics"] for r in (0, 1)]

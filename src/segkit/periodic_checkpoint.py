@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from segkit.epoch_end_resume import validates_after
 
 
 def as_timedelta(interval: str | float | int | timedelta | None) -> timedelta | None:
@@ -27,9 +31,10 @@ def as_timedelta(interval: str | float | int | timedelta | None) -> timedelta | 
 
 class PeriodicCheckpoint(ModelCheckpoint):
     """Writes `<dirpath>/last.ckpt` (atomically, like every checkpoint of a run) every `train_time_interval` of
-    wall time during training and/or every `every_n_train_steps` optimizer steps, mid-epoch; never at an epoch's
-    end, which the run's `last_checkpoint` covers. A run resumed from one continues exactly
-    (`segkit.epoch_end_resume` for a save in an epoch's last batch).
+    wall time during training or every `every_n_train_steps` optimizer steps, mid-epoch; never at an epoch's end,
+    which the run's `last_checkpoint` covers. A run resumed from one continues exactly (`segkit.epoch_end_resume`
+    for a save in an epoch's last batch). A save due in the last batch of an epoch that no validation ends
+    (`check_val_every_n_epoch`) comes one batch later: resumed from there, Lightning would skip that epoch's end.
 
     Args:
         dirpath: the run's checkpoint folder.
@@ -58,3 +63,22 @@ class PeriodicCheckpoint(ModelCheckpoint):
             train_time_interval=None if steps else as_timedelta(train_time_interval),
             every_n_epochs=0,  # epoch ends belong to last_checkpoint; with no trigger at all, nothing is saved
         )
+        self._deferred: str | None = None  # a save due in a last batch that no validation ends, made one batch on
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if ends_epoch_without_validation(trainer):
+            self._deferred = filepath
+            return
+        super()._save_checkpoint(trainer, filepath)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            super()._save_checkpoint(trainer, deferred)
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+
+def ends_epoch_without_validation(trainer: L.Trainer) -> bool:
+    """In the last training batch of an epoch that no validation ends."""
+    last_batch = trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
+    return last_batch and not validates_after(trainer, trainer.current_epoch)
