@@ -47,16 +47,21 @@ def resume_into_validation(loops: dict[str, Any]) -> None:
     fit[VAL_BATCHES] = validation
 
 
+def resumes_into_validation(trainer: L.Trainer, checkpoint: dict) -> bool:
+    """Whether resuming `checkpoint` goes on with its epoch's validation and end (see the module's docstring)."""
+    loops = checkpoint.get("loops") or {}
+    if not saved_in_last_batch(loops):
+        return False
+    return validates_after(trainer, int(loops[FIT_LOOP][EPOCHS]["current"]["processed"]))
+
+
 class ResumeIntoEpochEnd(L.Callback):
     """Applies `resume_into_validation` to a checkpoint being resumed, before Lightning restores its loops. Only
     where the epoch's validation is due (every epoch, the default): otherwise the epoch ends as Lightning decides."""
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        loops = checkpoint.get("loops") or {}
-        if not saved_in_last_batch(loops):
-            return
-        if validates_after(trainer, int(loops[FIT_LOOP][EPOCHS]["current"]["processed"])):
-            resume_into_validation(loops)
+        if resumes_into_validation(trainer, checkpoint):
+            resume_into_validation(checkpoint["loops"])
 
 
 def validates_after(trainer: L.Trainer, epoch: int) -> bool:

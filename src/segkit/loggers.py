@@ -74,13 +74,32 @@ class CSVLogger(LightningCSVLogger):
         return self._experiment
 
     @rank_zero_only
-    def forget_from(self, step: int) -> None:
-        """Drop the rows logged at `step` or later: a run resumed from that step logs them again."""
+    def forget_from(self, step: int, epoch_end: bool = False) -> None:
+        """Drop the rows logged at `step` or later: a run resumed from that step logs them again. `epoch_end`: the
+        run resumes into the validation and end of the epoch whose last batch was `step` (segkit.epoch_end_resume),
+        which are logged at the step before; their rows go too, that batch's own (training-step values, learning
+        rates: Lightning logs them after the checkpoint, and the resumed run does not) stay."""
         path = self.experiment.metrics_file_path
         if not os.path.isfile(path):
             return
         fields, rows = read_rows(path)
-        write_rows(path, fields, [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) < step])
+
+        def kept(row: dict[str, str]) -> bool:
+            at = int(row["step"]) if row.get("step", "").isdigit() else step
+            return at < step - 1 or (at == step - 1 and not (epoch_end and _epoch_level(row)))
+
+        write_rows(path, fields, [r for r in rows if kept(r)])
+
+
+def _epoch_level(row: dict[str, str]) -> bool:
+    """A row of epoch-level values (validation, epoch end): any value but the step's own (`*_step`, `lr-*`)."""
+    return any(
+        value not in ("", None)
+        and key not in ("epoch", "step")
+        and not key.endswith("_step")
+        and not key.startswith("lr-")
+        for key, value in row.items()
+    )
 
 
 class WandbLogger(LightningWandbLogger):

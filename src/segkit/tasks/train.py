@@ -20,7 +20,7 @@ from segkit.checkpoints import read_checkpoint
 from segkit.config_checks import validate
 from segkit.console import EpochLine, closing_lines, quiet_known_noise
 from segkit.device_checks import check_devices
-from segkit.epoch_end_resume import ResumeIntoEpochEnd
+from segkit.epoch_end_resume import ResumeIntoEpochEnd, resumes_into_validation
 from segkit.loggers import CSVLogger, read_rows
 from segkit.module import SegmentationModule
 from segkit.random_state import RandomStates
@@ -73,9 +73,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg, [RandomStates(), ResumeIntoEpochEnd(), StopAndSave(output_dir / LAST_CHECKPOINT), EpochLine()]
     )
     if resumed_step is not None:
+        epoch_end = resumes_into_validation(trainer, saved)
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
-                logger.forget_from(resumed_step)
+                logger.forget_from(resumed_step, epoch_end=epoch_end)
     hparams = {**plain(cfg), **module.parameter_counts(), "output_dir": str(output_dir)}
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
