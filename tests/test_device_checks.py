@@ -1,5 +1,5 @@
 """Device settings a machine cannot run fail at start-up, naming the fix; what has one meaning here is adapted with a
-log line (segkit.device_checks). The machine's facts are passed in (`Machine(cuda_devices=...)`) or CUDA is
+log line (segkit.config.devices). The machine's facts are passed in (`Machine(cuda_devices=...)`) or CUDA is
 monkeypatched, so every GPU case is checked on CPU. Plus `data.num_workers=auto`. The CPU rehearsal of DDP
 (`trainer=ddp trainer.accelerator=cpu trainer.devices=2`) trains in test_train.py's DDP test."""
 
@@ -11,9 +11,9 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import ROOT, TINY_DATA, compose_config, run_entry
-from segkit import device_checks
-from segkit.config_checks import ConfigError, validate
-from segkit.device_checks import DeviceError, Machine, auto_num_workers, check_devices, default_pin_memory
+from segkit.config import devices as device_checks
+from segkit.config.checks import ConfigError, validate
+from segkit.config.devices import DeviceError, Machine, auto_num_workers, check_devices, default_pin_memory
 
 CPU = dict(cuda_devices=0, mps=False, cpus=2, cpu_bf16=True, dynamo_problem=None, cpp_compiler="g++")
 A100 = dict(CPU, cuda_devices=2, gpu_name="NVIDIA A100-SXM4-80GB", gpu_capability=(8, 0), triton=True, cpus=16)
@@ -91,7 +91,7 @@ def test_gpu_counts_the_machine_has_pass(tmp_path):
 def test_device_ids_on_cpu_are_refused_and_a_count_above_the_cores_is_warned_about(tmp_path, caplog):
     message = refused(train_cfg(tmp_path, "trainer.accelerator=cpu", "trainer.devices=[0,1]"), **CPU)
     assert "on CPU trainer.devices is a number of processes. Fix: trainer.devices=2." in message
-    with caplog.at_level(logging.WARNING, logger="segkit.device_checks"):
+    with caplog.at_level(logging.WARNING, logger="segkit.config.devices"):
         check_devices(train_cfg(tmp_path, "trainer.accelerator=cpu", "trainer.devices=3"), Machine(**CPU))
     assert "starts 3 CPU processes on 2 usable cores" in caplog.text and "Fix: trainer.devices=2" in caplog.text
 
@@ -147,7 +147,7 @@ def test_every_problem_is_listed_at_once(tmp_path):
 
 def test_sync_batchnorm_on_cpu_is_turned_off_with_one_log_line(tmp_path, caplog):
     cfg = train_cfg(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
-    with caplog.at_level(logging.INFO, logger="segkit.device_checks"):
+    with caplog.at_level(logging.INFO, logger="segkit.config.devices"):
         check_devices(cfg, Machine(**CPU))
     assert cfg.trainer.sync_batchnorm is False
     (record,) = [r for r in caplog.records if "sync_batchnorm" in r.getMessage()]
@@ -157,7 +157,7 @@ def test_sync_batchnorm_on_cpu_is_turned_off_with_one_log_line(tmp_path, caplog)
 def test_adaptations_are_said_by_the_first_process_only(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     cfg = train_cfg(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
-    with caplog.at_level(logging.INFO, logger="segkit.device_checks"):
+    with caplog.at_level(logging.INFO, logger="segkit.config.devices"):
         check_devices(cfg, Machine(**CPU))
     assert cfg.trainer.sync_batchnorm is False and caplog.records == []
 
@@ -165,7 +165,7 @@ def test_adaptations_are_said_by_the_first_process_only(tmp_path, caplog, monkey
 @pytest.mark.parametrize("trainer", ["gpu", "ddp"])
 def test_a_gpu_without_native_bf16_gets_16_mixed(tmp_path, caplog, trainer):
     cfg = train_cfg(tmp_path, f"trainer={trainer}")
-    with caplog.at_level(logging.INFO, logger="segkit.device_checks"):
+    with caplog.at_level(logging.INFO, logger="segkit.config.devices"):
         check_devices(cfg, Machine(**T4))
     assert cfg.trainer.precision == "16-mixed"
     assert (
@@ -177,7 +177,7 @@ def test_a_gpu_without_native_bf16_gets_16_mixed(tmp_path, caplog, trainer):
 
 def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_not_refused(tmp_path, caplog):
     cfg = train_cfg(tmp_path, "trainer.precision=bf16-mixed")
-    with caplog.at_level(logging.WARNING, logger="segkit.device_checks"):
+    with caplog.at_level(logging.WARNING, logger="segkit.config.devices"):
         check_devices(cfg, Machine(**dict(CPU, cpu_bf16=False)))
     assert cfg.trainer.precision == "bf16-mixed"
     assert "without bf16 instructions" in caplog.text and "Fix: trainer.precision=32-true" in caplog.text

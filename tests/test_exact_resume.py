@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import ROOT, compose_config, run_entry, run_script
-from segkit.stop import StopAndSave
+from segkit.runs.stop import StopAndSave
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.train import train
 

@@ -18,9 +18,7 @@ SCRIPTS = [*HYDRA_SCRIPTS, "summarize_sweep.py"]
 LOWER = [
     *sorted((SRC / "data").rglob("*.py")),
     *sorted((SRC / "models").rglob("*.py")),
-    SRC / "module.py",
-    SRC / "metrics.py",
-    SRC / "losses.py",
+    *sorted((SRC / "training").rglob("*.py")),
 ]
 
 
@@ -55,7 +53,7 @@ def test_each_command_registers_the_resolvers_and_checks_its_keys_before_hydra_c
     config = hydra_config_name(ROOT / script)
     block = [ast.unparse(statement) for statement in main_block(ROOT / script)]
     assert block == ["register_resolvers()", f"check_overrides({config!r})", "main()"], (
-        f"{script}: its `if __name__ == '__main__':` block must be register_resolvers() (segkit.hydra_setup), "
+        f"{script}: its `if __name__ == '__main__':` block must be register_resolvers() (segkit.config.hydra_setup), "
         f"check_overrides({config!r}), main(): the resolvers before anything composes, a misspelled key named "
         f"before Hydra composes. It is: {block}"
     )
@@ -83,20 +81,20 @@ def test_lower_layers_import_neither_the_tasks_nor_a_command(path):
 
 
 def test_one_atomic_write_helper():
-    """Files are replaced in one place (segkit.atomic: temporary file beside the target, fsync, rename)."""
+    """Files are replaced in one place (segkit.runs.atomic: temporary file beside the target, fsync, rename)."""
     replacing = sorted(
         path.relative_to(SRC).as_posix()
         for path in SRC.rglob("*.py")
         if "os.replace(" in path.read_text() or ".rename(" in path.read_text()
     )
-    assert replacing == ["atomic.py"]
+    assert replacing == ["runs/atomic.py"]
 
 
 def test_importing_segkit_registers_no_resolver():
     code = (
-        "import segkit, segkit.config_checks, segkit.resume, segkit.run_names;"
+        "import segkit, segkit.config.checks, segkit.runs.resume, segkit.runs.run_names;"
         "from omegaconf import OmegaConf;"
-        "from segkit.hydra_setup import register_resolvers;"
+        "from segkit.config.hydra_setup import register_resolvers;"
         "before = OmegaConf.has_resolver('segkit.run_dir');"
         "register_resolvers();"
         "print(before, OmegaConf.has_resolver('segkit.run_dir'), OmegaConf.has_resolver('segkit.cwd'))"

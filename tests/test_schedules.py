@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from segkit.schedules import cosine, poly
+from segkit.training.schedules import cosine, poly
 
 
 def lrs(make, steps, **kwargs):
@@ -37,9 +37,9 @@ def test_cosine_reaches_min_lr():
 
 
 def test_checkpoints_naming_the_old_module_still_build_their_schedule():
-    """Checkpoints written before segkit.optim became segkit.schedules store `segkit.optim.poly`."""
+    """Checkpoints written before segkit.optim became segkit.training.schedules store `segkit.optim.poly`."""
     from segkit import optim
-    from segkit.trust import check_target
+    from segkit.config.trust import check_target
 
     for name in ("poly", "cosine"):
         check_target(f"segkit.optim.{name}", key="scheduler._target_", source="an older checkpoint")

@@ -243,7 +243,7 @@ def test_a_padding_backbone_exports_for_one_size_and_matches_pytorch(tiny_train_
 
     from conftest import compose_config
     from segkit.tasks.export import export
-    from segkit.tasks.train import build_module
+    from segkit.training.module import build_module
 
     module = build_module(tiny_train_cfg("model=segformer", "backbone.name=vit_tiny_patch16_224", "+backbone.depth=2"))
     path = tmp_path / "vit.ckpt"

@@ -1,4 +1,5 @@
-"""A benchmark config run and reported (`python bench.py`, see conf/bench.yaml).
+"""The figures of a benchmark, summarised and shown (`python bench.py`, see conf/bench.yaml; the command itself is
+segkit.tasks.bench).
 
 Every figure is measured `repeats` times and reported as its median with the min-max over the repeats: on a shared
 machine one run of a few steps can be off by tens of percent, and a single number hides that. When the spread is
@@ -9,18 +10,12 @@ workers), a warning says so, and the figure should not be trusted.
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
-from segkit.atomic import write_json
 from segkit.bench.loading import FIGURES as DATA_FIGURES
-from segkit.bench.loading import bench_loading
 from segkit.bench.model import FIGURES as MODEL_FIGURES
-from segkit.bench.model import bench_model
 
 # JSON key -> column heading. Figures measured once per repeat are reported as median (min-max).
 COLUMNS = {
@@ -130,33 +125,3 @@ def render(rows: list[dict], columns: dict[str, str], title: str) -> Table:
     for row in rows:
         table.add_row(*(_cell(row, c) for c in columns))
     return table
-
-
-def run(cfg: DictConfig) -> list[dict]:
-    """Measures, prints the table and its warnings, writes bench.json; returns the rows (see `summarize`).
-    target=gpu runs the first-GPU suite instead (segkit.bench.gpu; no rows without CUDA)."""
-    if cfg.target == "gpu":
-        from segkit.bench.gpu import run_suite
-
-        report = run_suite(cfg)
-        return report["rows"] if report else []
-    if cfg.target not in COLUMNS:
-        raise ValueError(f"target={cfg.target!r} is not one of {[*COLUMNS, 'gpu']}.")
-    output_dir = Path(cfg.paths.output_dir)
-    rows = summarize(bench_model(cfg, output_dir) if cfg.target == "model" else bench_loading(cfg), cfg.target)
-    if cfg.target == "model":
-        title = f"{cfg.model._target_.rsplit('.', 1)[-1]} / {cfg.backbone.name} on {rows[0]['device']}"
-    else:
-        title = f"data loading: {cfg.data._target_.rsplit('.', 1)[-1]}"
-    title += f", {max(1, int(cfg.repeats))} repeat(s)"
-    console = Console(width=max(Console().width, 160))
-    console.print(render(rows, COLUMNS[cfg.target], title))
-    warnings = spread_warnings(rows, cfg.target)
-    for warning in warnings:
-        console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
-    write_json(
-        output_dir / "bench.json",
-        {"config": OmegaConf.to_container(cfg, resolve=True), "rows": rows, "warnings": warnings},
-    )
-    print(f"Results: {output_dir / 'bench.json'}")
-    return rows

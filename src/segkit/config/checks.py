@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from hydra.core.override_parser.types import OverrideType
 from omegaconf import DictConfig, ListConfig
 
-from segkit.hydra_setup import CONFIG_DIR, register_resolvers
+from segkit.config.hydra_setup import CONFIG_DIR, register_resolvers
 
 ABSENT = object()  # a key the config does not have (or cannot resolve): not this module's to judge
 SIZE_KEYS = ("image_size", "crop_size")  # image_size first: synthetic's crop_size interpolates it

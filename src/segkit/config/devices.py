@@ -1,5 +1,5 @@
 """Device settings checked at start-up, before W&B, data or models: `check_devices(cfg)` (after
-`config_checks.validate`). What this machine cannot run fails within seconds, naming the override that fixes it;
+`segkit.config.checks.validate`). What this machine cannot run fails within seconds, naming the override that fixes it;
 what has one obvious meaning here is adapted with one log line; what runs but slowly is warned about.
 
 - Refused (`DeviceError`, a `ConfigError`, all problems in one message): a GPU trainer (`trainer=gpu`, `trainer=ddp`,
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from segkit.config_checks import ConfigError
+from segkit.config.checks import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _check_devices_count(
     """The processes the run starts on this machine (1 when it cannot tell), recording a count it cannot meet."""
     try:
         wanted = _requested(trainer.get("devices", 1))
-    except (TypeError, ValueError):  # config_checks.validate reports malformed values
+    except (TypeError, ValueError):  # segkit.config.checks.validate reports malformed values
         return 1
     shown = _show(trainer.get("devices"))
     if kind == "cuda":

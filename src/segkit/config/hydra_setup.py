@@ -12,12 +12,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 # The project's Hydra configs (the package is installed editable, beside them).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
 
 def register_resolvers() -> None:
     """Registers the `${segkit.*}` resolvers the configs use; calling it again changes nothing."""
-    from segkit import resume, run_names  # here: this module stays light for the entry scripts' first line
+    from segkit.runs import resume, run_names  # here: this module stays light for the entry scripts' first line
 
     register = OmegaConf.register_new_resolver
     register("segkit.run_name", run_names.run_name, replace=True)
@@ -27,6 +27,6 @@ def register_resolvers() -> None:
     # resolved before any job starts).
     register("segkit.cwd", os.getcwd, replace=True)
     # Training's run directory and Hydra's record in it: a new one, the resumed run's, or one a distributed launch
-    # shares (segkit.resume decides).
+    # shares (segkit.runs.resume decides).
     register("segkit.run_dir", resume.run_dir, replace=True, use_cache=True)
     register("segkit.hydra_subdir", resume.hydra_subdir, replace=True, use_cache=True)

@@ -4,7 +4,7 @@
 
 Allowed: classes of segkit's model, loss, data, logger, callback and checkpoint modules and of torch.nn,
 torch.optim, albumentations and Lightning's loggers and callbacks, plus a few named callables (the schedule
-factories of segkit.schedules, the Trainer). A user's own package is allowed only by the current command
+factories of segkit.training.schedules, the Trainer). A user's own package is allowed only by the current command
 (`trusted_modules=[mypkg]`), never by the file being loaded.
 """
 
@@ -23,11 +23,11 @@ from omegaconf.errors import OmegaConfBaseException
 # Only classes whose dotted path and defining module both lie under one of these.
 TRUSTED_MODULES: tuple[str, ...] = (
     "segkit.models",
-    "segkit.losses",
+    "segkit.training.losses",
     "segkit.data",
-    "segkit.loggers",
+    "segkit.runs.loggers",
     "segkit.callbacks",
-    "segkit.checkpoint_io",
+    "segkit.runs.checkpoint_io",
     "torch.nn",
     "torch.optim",  # torch.optim.lr_scheduler included
     "albumentations",
@@ -38,8 +38,8 @@ TRUSTED_MODULES: tuple[str, ...] = (
 # outside the modules above.
 TRUSTED_CALLABLES: frozenset[str] = frozenset(
     {
-        "segkit.schedules.poly",
-        "segkit.schedules.cosine",
+        "segkit.training.schedules.poly",
+        "segkit.training.schedules.cosine",
         # Their address until the module was renamed: the scheduler config stored in older checkpoints names it.
         "segkit.optim.poly",
         "segkit.optim.cosine",
@@ -85,7 +85,7 @@ def _refuse(key: str, target: Any, source: str, why: str) -> UntrustedTargetErro
     return UntrustedTargetError(
         f'Refusing {key} = "{target}" from {source}: {why}. segkit only builds classes of its own models, '
         "losses, data, loggers and callbacks, of torch.nn, torch.optim, albumentations and Lightning, and the "
-        f"schedules of segkit.schedules. {_HOW_TO_TRUST}"
+        f"schedules of segkit.training.schedules. {_HOW_TO_TRUST}"
     )
 
 

@@ -61,9 +61,9 @@ class SegDataModule(L.LightningDataModule):
         self.ignore_index = ignore_index
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        from segkit.device_checks import default_pin_memory, resolve_num_workers
+        from segkit.config.devices import default_pin_memory, resolve_num_workers
 
-        # "auto": the machine's usable CPUs split between its training processes (segkit.device_checks); batches
+        # "auto": the machine's usable CPUs split between its training processes (segkit.config.devices); batches
         # in pinned memory when training on a CUDA GPU, copied with non_blocking=True (Lightning's batch_to_device).
         self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory

@@ -1,10 +1,12 @@
-"""Pictures of segmentations, as plain functions of arrays: palette colouring, overlays, side-by-side panels,
-grids and legends, and palette PNGs of class-id masks. The callbacks that use them are in segkit.callbacks."""
+"""All of segkit's drawing, as plain functions of arrays: palette colouring, overlays, side-by-side panels, grids
+and legends, palette PNGs of class-id masks, the confusion-matrix heatmap and a sweep's bar chart. The callbacks,
+reports and commands that show them only save or log what these return."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -107,3 +109,55 @@ def save_index_png(path: Path, mask: np.ndarray, palette: Sequence[Sequence[int]
     image.putpalette(flat + [0] * (768 - len(flat)))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")  # not from the name: `...png` has no extension to Pillow
+
+
+def confusion_heatmap(confmat: np.ndarray, names: Sequence[str], cell: int = 0) -> Image.Image:
+    """Each row (a ground-truth class) normalised to sum to 1, white (0) to dark blue (1), values written in
+    the cells while they fit."""
+    n = len(names)
+    cell = cell or max(12, min(48, 720 // max(n, 1)))
+    rows = confmat.sum(axis=1, keepdims=True)
+    norm = np.divide(confmat, rows, out=np.zeros_like(confmat, dtype=float), where=rows > 0)
+    label_w = 8 + 7 * max(len(str(name)) for name in names)
+    top = 24
+    title = "rows: ground truth, columns: prediction (each row sums to 1)"
+    image = Image.new("RGB", (max(label_w + n * cell + 10, 12 + 6 * len(title)), top + n * cell + label_w), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 4), title, fill="black")
+    for i in range(n):
+        for j in range(n):
+            v = float(norm[i, j])
+            colour = tuple(int(255 - v * (255 - c)) for c in (8, 48, 107))
+            x, y = label_w + j * cell, top + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(220, 220, 220))
+            if cell >= 30:
+                draw.text((x + 3, y + cell // 2 - 5), f"{v:.2f}", fill="white" if v > 0.5 else "black")
+        draw.text((4, top + i * cell + cell // 2 - 5), str(names[i]), fill="black")
+    column_labels = Image.new("RGB", (label_w, n * cell), "white")
+    label_draw = ImageDraw.Draw(column_labels)
+    for j, name in enumerate(names):
+        label_draw.text((4, j * cell + cell // 2 - 5), str(name), fill="black")
+    image.paste(column_labels.rotate(90, expand=True), (label_w, top + n * cell + 2))
+    return image
+
+
+def bar_chart(rows: list[dict[str, Any]], metric: str, label_keys: list[str]) -> Image.Image:
+    """One horizontal bar per job, longest first, labelled with the job's swept values."""
+    labels = [f"{r['job']}: " + ", ".join(f"{k}={r[k]}" for k in label_keys) for r in rows]
+    values = [r[metric] for r in rows]
+    finite = [v for v in values if not math.isnan(v)]
+    top = max(finite) if finite else 1.0
+    label_w, bar_w, row_h = 8 + 6 * max(len(label) for label in labels), 360, 20
+    image = Image.new("RGB", (label_w + bar_w + 70, 28 + row_h * len(rows)), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 6), f"{metric} per job", fill="black")
+    for i, (label, value) in enumerate(zip(labels, values)):
+        y = 28 + i * row_h
+        draw.text((4, y + 4), label, fill="black")
+        if not math.isnan(value):
+            length = int(bar_w * value / top) if top > 0 else 0
+            draw.rectangle([label_w, y + 3, label_w + length, y + row_h - 3], fill=(0, 130, 200))
+            draw.text((label_w + length + 4, y + 4), f"{value:.4f}", fill="black")
+        else:
+            draw.text((label_w, y + 4), "no result", fill=(200, 0, 0))
+    return image

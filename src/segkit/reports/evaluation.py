@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
-from segkit.metrics import scores_from_confusion
+from segkit.reports.drawing import confusion_heatmap
+from segkit.training.metrics import scores_from_confusion
 
 PER_CLASS = ("IoU", "Dice", "Precision", "Recall")
 
@@ -70,33 +70,3 @@ def write_report_files(report: dict[str, Any], output_dir: Path) -> None:
         for name, row in zip(names, report["confusion_matrix"]):
             writer.writerow([name, *row])
     confusion_heatmap(np.asarray(report["confusion_matrix"]), names).save(output_dir / "confusion_matrix.png")
-
-
-def confusion_heatmap(confmat: np.ndarray, names: Sequence[str], cell: int = 0) -> Image.Image:
-    """Each row (a ground-truth class) normalised to sum to 1, white (0) to dark blue (1), values written in
-    the cells while they fit."""
-    n = len(names)
-    cell = cell or max(12, min(48, 720 // max(n, 1)))
-    rows = confmat.sum(axis=1, keepdims=True)
-    norm = np.divide(confmat, rows, out=np.zeros_like(confmat, dtype=float), where=rows > 0)
-    label_w = 8 + 7 * max(len(str(name)) for name in names)
-    top = 24
-    title = "rows: ground truth, columns: prediction (each row sums to 1)"
-    image = Image.new("RGB", (max(label_w + n * cell + 10, 12 + 6 * len(title)), top + n * cell + label_w), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((4, 4), title, fill="black")
-    for i in range(n):
-        for j in range(n):
-            v = float(norm[i, j])
-            colour = tuple(int(255 - v * (255 - c)) for c in (8, 48, 107))
-            x, y = label_w + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(220, 220, 220))
-            if cell >= 30:
-                draw.text((x + 3, y + cell // 2 - 5), f"{v:.2f}", fill="white" if v > 0.5 else "black")
-        draw.text((4, top + i * cell + cell // 2 - 5), str(names[i]), fill="black")
-    column_labels = Image.new("RGB", (label_w, n * cell), "white")
-    label_draw = ImageDraw.Draw(column_labels)
-    for j, name in enumerate(names):
-        label_draw.text((4, j * cell + cell // 2 - 5), str(name), fill="black")
-    image.paste(column_labels.rotate(90, expand=True), (label_w, top + n * cell + 2))
-    return image

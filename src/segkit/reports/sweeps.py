@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from PIL import Image, ImageDraw
+
+from segkit.reports.drawing import bar_chart
 
 
 def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -84,25 +85,3 @@ def optuna_best(sweep_dir: Path) -> str:
         return f"\nOptuna: {len(results.get('solutions', []))} Pareto-optimal trials, see {results_file.name}.\n"
     params = ", ".join(f"{k}={v}" for k, v in results["best_params"].items())
     return f"\nOptuna best value: {_fmt(float(results['best_value']))} with {params}\n"
-
-
-def bar_chart(rows: list[dict[str, Any]], metric: str, label_keys: list[str]) -> Image.Image:
-    """One horizontal bar per job, longest first, labelled with the job's swept values."""
-    labels = [f"{r['job']}: " + ", ".join(f"{k}={r[k]}" for k in label_keys) for r in rows]
-    values = [r[metric] for r in rows]
-    finite = [v for v in values if not math.isnan(v)]
-    top = max(finite) if finite else 1.0
-    label_w, bar_w, row_h = 8 + 6 * max(len(label) for label in labels), 360, 20
-    image = Image.new("RGB", (label_w + bar_w + 70, 28 + row_h * len(rows)), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((4, 6), f"{metric} per job", fill="black")
-    for i, (label, value) in enumerate(zip(labels, values)):
-        y = 28 + i * row_h
-        draw.text((4, y + 4), label, fill="black")
-        if not math.isnan(value):
-            length = int(bar_w * value / top) if top > 0 else 0
-            draw.rectangle([label_w, y + 3, label_w + length, y + row_h - 3], fill=(0, 130, 200))
-            draw.text((label_w + length + 4, y + 4), f"{value:.4f}", fill="black")
-        else:
-            draw.text((label_w, y + 4), "no result", fill=(200, 0, 0))
-    return image

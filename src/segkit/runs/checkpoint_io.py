@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from segkit.atomic import atomic_open
+from segkit.runs.atomic import atomic_open
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -16,7 +16,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     target: a process killed during a save leaves the previous `last.ckpt` whole. (Lightning's own save writes
     through a temporary file in the system temp folder; when the logs live on another filesystem, that last
     step is a copy, which a kill can cut short.) A kill can leave the temporary file; the next start of the run
-    removes it (`segkit.atomic.remove_leftovers`)."""
+    removes it (`segkit.runs.atomic.remove_leftovers`)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:

@@ -1,7 +1,8 @@
-"""The one way to rebuild a model from a checkpoint file (evaluate, predict, export).
+"""Checkpoint files read as data: what `segkit.training.module.load_module`, the one way to rebuild a model from a
+checkpoint (evaluate, predict, export), and a resumed training read of them.
 
 A checkpoint is data: tensors and plain configs, read with `weights_only=True`. Its configs are checked
-(segkit.trust) before anything is built, and the network is rebuilt from them alone: the state dict holds every
+(segkit.config.trust) before anything is built, and the network is rebuilt from them alone: the state dict holds every
 weight, so the backbone's pretrained source (`backbone.pretrained`, `backbone.weights`) is never reached for.
 """
 
@@ -12,13 +13,10 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torchmetrics import Metric
-
-from segkit.module import SegmentationModule
-from segkit.trust import check_targets
 
 HPARAMS = ("model", "loss", "optimizer", "scheduler", "data")
 REQUIRED = ("model", "loss", "optimizer", "data")
@@ -113,7 +111,7 @@ def _metric_prefixes(module: torch.nn.Module) -> tuple[str, ...]:
     return tuple(f"{name}." for name, child in module.named_modules() if name and isinstance(child, Metric))
 
 
-def load_state(module: SegmentationModule, state_dict: dict[str, Any], path: str | Path) -> None:
+def load_state(module: torch.nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
     """Strict, except for metric states: checkpoints of other segkit versions kept other trackers."""
     result = module.load_state_dict(state_dict, strict=False)
     metric_states = _metric_prefixes(module)
@@ -127,19 +125,3 @@ def load_state(module: SegmentationModule, state_dict: dict[str, Any], path: str
             f"{f', and {more} more' if more > 0 else ''}). It was probably written by another version of the "
             "model code. Fix: evaluate it with the segkit version that trained it, or train again."
         )
-
-
-def load_module(path: str | Path, trusted: Sequence[str] = ()) -> SegmentationModule:
-    """The trained module of a checkpoint, on the CPU, in eval mode.
-
-    `trusted`: the current command's `trusted_modules` (never the checkpoint's): packages besides segkit's own
-    whose classes the stored configs may name.
-    """
-    path = Path(path).expanduser()
-    checkpoint = read_checkpoint(path)
-    hparams = stored_hparams(checkpoint, path)
-    check_targets(hparams, source=f"checkpoint {path}", trusted=trusted, resolved=True)
-    module = SegmentationModule(**without_weight_sources(hparams), trusted_modules=trusted)
-    module.save_hyperparameters(copy.deepcopy(hparams), logger=False)  # the record as trained
-    load_state(module, checkpoint["state_dict"], path)
-    return module.eval()

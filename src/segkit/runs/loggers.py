@@ -16,7 +16,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from segkit.atomic import atomic_open, atomic_write_text
+from segkit.runs.atomic import atomic_open, atomic_write_text
 
 
 def read_rows(path: str) -> tuple[list[str], list[dict[str, str]]]:

@@ -250,7 +250,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     own_record = run / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
     overrides = recorded_overrides(run, skip=own_record) + list(hydra_cfg.overrides.task)
     resumed = compose(config_name=hydra_cfg.job.config_name, overrides=overrides)
-    # Trust is this command's to give (segkit.trust): a run directory's records never grant it.
+    # Trust is this command's to give (segkit.config.trust): a run directory's records never grant it.
     with open_dict(resumed):
         resumed.trusted_modules = cfg.get("trusted_modules") or []
     return resumed

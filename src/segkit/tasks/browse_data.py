@@ -1,7 +1,7 @@
 """What the model sees (`python browse_data.py`, see conf/browse_data.yaml): a PNG grid of samples as the
 datamodule delivers them (after the split's augmentation), each shown as image | mask over image in the data
 config's palette, with a legend; ignored pixels (void, padding) are drawn opaque in a colour no class of the
-palette uses, named in the legend (segkit.drawing.ignore_colour).
+palette uses, named in the legend (segkit.reports.drawing.ignore_colour).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
-from segkit.drawing import grid, legend, overlay, to_rgb
+from segkit.reports.drawing import grid, legend, overlay, to_rgb
 
 
 def browse(cfg: DictConfig) -> Path:

@@ -15,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from segkit.atomic import write_json
-from segkit.config_checks import validate
+from segkit.config.checks import validate
 from segkit.data.datamodule import SPLITS, run_splits
 from segkit.data.filedata import FileDataModule
 from segkit.data.files import DataError
 from segkit.data.scan import Problem, SplitReport, suggest_class_weights
+from segkit.runs.atomic import write_json
 
 
 def check_dataset(

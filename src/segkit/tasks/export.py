@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from segkit.atomic import write_json
-from segkit.checkpoints import load_module
+from segkit.runs.atomic import write_json
+from segkit.training.module import load_module
 
 FORMATS = ("onnx", "torch_export")
 log = logging.getLogger(__name__)

@@ -6,18 +6,21 @@ checkpoint loads with `weights_only=True` and carries everything needed to rebui
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric
 
-from segkit.inference import Inference
-from segkit.metrics import class_ids, confusion_metric, named_scores, scores_from_confusion
-from segkit.param_groups import build_optimizer
-from segkit.trust import check_targets, safe_instantiate
+from segkit.config.trust import check_targets, safe_instantiate
+from segkit.runs.checkpoints import load_state, read_checkpoint, stored_hparams, without_weight_sources
+from segkit.training.inference import Inference
+from segkit.training.metrics import class_ids, confusion_metric, named_scores, scores_from_confusion
+from segkit.training.param_groups import build_optimizer
 
 HPARAMS_SOURCE = "the SegmentationModule hyperparameters"
 
@@ -40,7 +43,7 @@ class SegmentationModule(L.LightningModule):
         """`data` is the data config: the one place that holds num_classes, class_names, palette and
         ignore_index; it also lets evaluation rebuild the datamodule from the checkpoint alone.
 
-        `trusted_modules` (the command's, see segkit.trust) is not a hyperparameter: a checkpoint never
+        `trusted_modules` (the command's, see segkit.config.trust) is not a hyperparameter: a checkpoint never
         carries what it may call."""
         super().__init__()
         self.save_hyperparameters(ignore=["trusted_modules"], logger=False)
@@ -84,14 +87,12 @@ class SegmentationModule(L.LightningModule):
         cls, checkpoint_path: str | Path, map_location: Any = None, trusted_modules: Sequence[str] = (), **kwargs: Any
     ) -> SegmentationModule:
         """Lightning's loader would call what a checkpoint names (its `_instantiator` hook) and take
-        hyperparameters from anywhere; this one is `segkit.checkpoints.load_module`, which checks first."""
-        from segkit.checkpoints import load_module
-
+        hyperparameters from anywhere; this one is `load_module` (below), which checks first."""
         unsupported = {k for k, v in kwargs.items() if not (k == "weights_only" and v) and not (k == "strict" and v)}
         if unsupported:
             raise TypeError(
                 f"SegmentationModule.load_from_checkpoint takes no {sorted(unsupported)}: a checkpoint is rebuilt "
-                "from its own hyperparameters only. Fix: call segkit.checkpoints.load_module(path) and change the "
+                "from its own hyperparameters only. Fix: call segkit.training.module.load_module(path) and change the "
                 "module afterwards."
             )
         module = load_module(checkpoint_path, trusted=trusted_modules)
@@ -239,3 +240,36 @@ class SegmentationModule(L.LightningModule):
             total_steps=self.trainer.estimated_stepping_batches,  # inf under max_time alone
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def build_module(cfg: DictConfig) -> SegmentationModule:
+    """The module a composed train config describes (`model`, `loss`, `optimizer`, `scheduler`, `data`), its
+    configs resolved to plain data; the config's `trusted_modules` are the command's."""
+
+    def plain(node: DictConfig | None) -> Any:
+        return None if node is None else OmegaConf.to_container(node, resolve=True)
+
+    return SegmentationModule(
+        model=plain(cfg.model),
+        loss=plain(cfg.loss),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")),
+        data=plain(cfg.data),
+        trusted_modules=tuple(cfg.get("trusted_modules") or ()),
+    )
+
+
+def load_module(path: str | Path, trusted: Sequence[str] = ()) -> SegmentationModule:
+    """The trained module of a checkpoint, on the CPU, in eval mode.
+
+    `trusted`: the current command's `trusted_modules` (never the checkpoint's): packages besides segkit's own
+    whose classes the stored configs may name.
+    """
+    path = Path(path).expanduser()
+    checkpoint = read_checkpoint(path)
+    hparams = stored_hparams(checkpoint, path)
+    check_targets(hparams, source=f"checkpoint {path}", trusted=trusted, resolved=True)
+    module = SegmentationModule(**without_weight_sources(hparams), trusted_modules=trusted)
+    module.save_hyperparameters(copy.deepcopy(hparams), logger=False)  # the record as trained
+    load_state(module, checkpoint["state_dict"], path)
+    return module.eval()
