@@ -202,7 +202,7 @@ def test_lightning_loader_is_segkits_and_refuses_too(crafted):
         "torch.nn.Module.__init__",  # an attribute of a class
         "segkit.models.UNet.register_forward_hook",
         "torch.nn.functional.relu",  # a function of a trusted module
-        "segkit.tasks.check_data.run_check",  # a function of a trusted module
+        "segkit.data.datamodule.run_splits",  # a function of a trusted module
         "segkit.training.losses.nn",  # a module
         "segkit.models.backbone.Path",  # pathlib.Path, imported into a trusted module
         "segkit.training.schedules._with_warmup",  # only the listed schedules of segkit.training.schedules

@@ -6,6 +6,9 @@ Allowed: classes of segkit's model, loss, data, logger, callback and checkpoint 
 torch.optim, albumentations and Lightning's loggers and callbacks, plus a few named callables (the schedule
 factories of segkit.training.schedules, the Trainer). A user's own package is allowed only by the current command
 (`trusted_modules=[mypkg]`), never by the file being loaded.
+
+Each name is listed once, at its current address: the addresses an older segkit wrote into checkpoints and run
+directories are mapped to these (segkit.moved) where those files are read, before they are checked here.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from segkit.moved import MOVED_TARGETS
+
 # Only classes whose dotted path and defining module both lie under one of these.
 TRUSTED_MODULES: tuple[str, ...] = (
     "segkit.models",
@@ -27,6 +32,7 @@ TRUSTED_MODULES: tuple[str, ...] = (
     "segkit.data",
     "segkit.runs.loggers",
     "segkit.callbacks",
+    "segkit.reports.predictions",  # the callbacks of evaluate and predict
     "segkit.runs.checkpoint_io",
     "torch.nn",
     "torch.optim",  # torch.optim.lr_scheduler included
@@ -40,9 +46,6 @@ TRUSTED_CALLABLES: frozenset[str] = frozenset(
     {
         "segkit.training.schedules.poly",
         "segkit.training.schedules.cosine",
-        # Their address until the module was renamed: the scheduler config stored in older checkpoints names it.
-        "segkit.optim.poly",
-        "segkit.optim.cosine",
         "lightning.pytorch.Trainer",
     }
 )
@@ -111,6 +114,8 @@ def check_target(target: Any, *, key: str, source: str, trusted: Sequence[str] =
         raise _refuse(key, target, source, "not a dotted name of a class")
     if target in TRUSTED_CALLABLES:
         return
+    if target in MOVED_TARGETS:  # read from no stored file (those go through the table first): typed, or copied
+        raise _refuse(key, target, source, f"it is the old address of {MOVED_TARGETS[target]}, which to name instead")
     user = trusted_prefixes(trusted)
     allowed = TRUSTED_MODULES + user
     if not _under(target, allowed):

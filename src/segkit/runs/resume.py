@@ -19,6 +19,8 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from segkit.moved import moved_override
+
 LAST = "last"
 HYDRA_SUBDIR = ".hydra"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -236,7 +238,7 @@ def recorded_overrides(run: Path, skip: Path | None = None) -> list[str]:
     overrides: list[str] = []
     for record in records:
         if record.parent != skip:
-            overrides += yaml.safe_load(record.read_text()) or []
+            overrides += [moved_override(o) for o in yaml.safe_load(record.read_text()) or []]  # old addresses
     return overrides
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric
 
 from segkit.config.trust import check_targets, safe_instantiate
+from segkit.moved import with_moved_targets
 from segkit.runs.checkpoints import load_state, read_checkpoint, stored_hparams, without_weight_sources
 from segkit.training.inference import Inference
 from segkit.training.metrics import class_ids, confusion_metric, named_scores, scores_from_confusion
@@ -267,7 +268,7 @@ def load_module(path: str | Path, trusted: Sequence[str] = ()) -> SegmentationMo
     """
     path = Path(path).expanduser()
     checkpoint = read_checkpoint(path)
-    hparams = stored_hparams(checkpoint, path)
+    hparams = with_moved_targets(stored_hparams(checkpoint, path))  # an older segkit's addresses: segkit.moved
     check_targets(hparams, source=f"checkpoint {path}", trusted=trusted, resolved=True)
     module = SegmentationModule(**without_weight_sources(hparams), trusted_modules=trusted)
     module.save_hyperparameters(copy.deepcopy(hparams), logger=False)  # the record as trained
