@@ -9,7 +9,7 @@ from omegaconf import open_dict
 
 from conftest import ROOT, compose_config, run_entry
 from segkit.bench.gpu import count_flops, markdown, measure_suite, peak_tflops, suite_settings, write_report
-from segkit.config.devices import Machine
+from segkit.machine import Machine
 
 TINY = [
     "gpu.batch_size=2",

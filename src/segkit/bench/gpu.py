@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader
 from segkit.bench.measure import peak_memory_mb, reset_peak_memory
 from segkit.bench.model import FIGURES, FixedBatches, measure_bare, measure_inference, measure_lightning
 from segkit.bench.summary import summarize
-from segkit.config.devices import Machine
 from segkit.config.hydra_setup import CONFIG_DIR, register_resolvers
 from segkit.data.dataset import collate
+from segkit.machine import Machine
 from segkit.runs.atomic import atomic_write_text, write_json
 from segkit.training.module import build_module
 

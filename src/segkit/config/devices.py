@@ -14,142 +14,27 @@ what has one obvious meaning here is adapted with one log line; what runs but sl
 - Warned: bf16 on a CPU without bf16 instructions (emulated, several times slower than 32-true); more CPU processes
   (`trainer.devices`) than usable cores.
 
-Also here: the machine facts behind `data.num_workers=auto` (`resolve_num_workers`), which follows the processes
-this run starts per machine, as `check_devices` works them out.
+The machine's facts come from `segkit.machine.Machine` (tests pass their own); `data.num_workers=auto` is the data's
+to resolve (segkit.machine), for the processes and device of the Trainer it is attached to.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
-from functools import cached_property
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from segkit.config.checks import ConfigError
+from segkit.machine import Machine
 
 log = logging.getLogger(__name__)
-
-# data.num_workers=auto: at most this many loader processes per training process.
-MAX_AUTO_WORKERS = 8
-# ... and on a CPU run, where the workers take cores from the model's own computation (and loading was measured not
-# to be the bottleneck: docs/performance.md), at most this many.
-MAX_AUTO_WORKERS_CPU = 2
 
 
 class DeviceError(ConfigError):
     """A device setting this machine cannot run, found before anything is built."""
-
-
-class Machine:
-    """What this machine offers. Each fact is looked up when first asked, so CUDA is queried only for settings that
-    need it; tests pass facts in instead: `Machine(cuda_devices=0, cpu_bf16=False)`."""
-
-    def __init__(self, **facts: Any) -> None:
-        self.__dict__.update(facts)  # cached_property reads the instance dict first
-
-    @cached_property
-    def cuda_devices(self) -> int:
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-    @cached_property
-    def mps(self) -> bool:
-        backend = getattr(torch.backends, "mps", None)
-        return bool(backend is not None and backend.is_available())
-
-    @cached_property
-    def gpu_index(self) -> int:
-        """The GPU this process uses (its local rank under torchrun, SLURM or Lightning's launcher); GPUs of one
-        machine are assumed alike."""
-        rank = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or "0"
-        return min(int(rank) if rank.isdigit() else 0, max(self.cuda_devices - 1, 0))
-
-    @cached_property
-    def gpu_name(self) -> str:
-        return torch.cuda.get_device_name(self.gpu_index)
-
-    @cached_property
-    def gpu_capability(self) -> tuple[int, int]:
-        return tuple(torch.cuda.get_device_capability(self.gpu_index))
-
-    @cached_property
-    def gpu_bf16(self) -> bool:
-        """Native bf16 (Ampere and later). `torch.cuda.is_bf16_supported()` alone also says yes where bf16 is only
-        emulated (T4, V100), which is slower than fp16."""
-        return self.gpu_capability >= (8, 0)
-
-    @cached_property
-    def cpu_bf16(self) -> bool:
-        """bf16 instructions (AVX512-BF16 or AMX) that oneDNN uses; True when it cannot be told."""
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return True
-
-    @cached_property
-    def cpus(self) -> int:
-        """CPUs this process may run on (its affinity: a SLURM or container limit), not the machine's total."""
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            return os.cpu_count() or 1
-
-    @cached_property
-    def dynamo_problem(self) -> str | None:
-        try:
-            from torch._dynamo.eval_frame import check_if_dynamo_supported
-
-            check_if_dynamo_supported()
-        except ImportError:
-            return None
-        except Exception as err:  # noqa: BLE001 - its message says what is unsupported
-            return str(err)
-        return None
-
-    @cached_property
-    def triton(self) -> bool:
-        try:
-            from torch.utils._triton import has_triton_package
-        except ImportError:
-            return True
-        return bool(has_triton_package())
-
-    @cached_property
-    def cpp_compiler(self) -> str | None:
-        """The C++ compiler torch.compile's CPU backend would use, or None."""
-        try:
-            from torch._inductor.cpp_builder import get_cpp_compiler
-
-            return get_cpp_compiler()
-        except ImportError:
-            return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-        except Exception:  # noqa: BLE001 - torch raises its own "no compiler found" errors
-            return None
-
-    def compile_problem(self, kind: str) -> str | None:
-        """Why torch.compile cannot compile for `kind` ("cuda" or "cpu") here, or None."""
-        if self.dynamo_problem:
-            return f"torch.compile does not support this set-up ({self.dynamo_problem})"
-        if kind == "cuda":
-            if self.gpu_capability < (7, 0):
-                major, minor = self.gpu_capability
-                return (
-                    f"its GPU backend (Triton) needs CUDA capability 7.0 or newer, and {self.gpu_name} has "
-                    f"{major}.{minor}"
-                )
-            if not self.triton:
-                return "its GPU backend needs the triton package, which is not installed"
-        if kind == "cpu" and not self.cpp_compiler:
-            return "its CPU backend needs a C++ compiler and none was found (install g++, or set CXX)"
-        return None
-
-
-# What check_devices found for this process: how many processes the run starts per machine, and on what.
-_PLAN: dict[str, Any] = {}
 
 
 def check_devices(cfg: DictConfig, machine: Machine | None = None) -> DictConfig:
@@ -163,7 +48,7 @@ def check_devices(cfg: DictConfig, machine: Machine | None = None) -> DictConfig
     errors: list[str] = []
     notes: list[tuple[int, str]] = []  # (logging level, message): said once the settings are known to run
     kind = _kind(trainer, machine, errors)
-    processes = _check_devices_count(trainer, kind, machine, errors, notes)
+    _check_devices_count(trainer, kind, machine, errors, notes)
     # Asking a GPU its capability initialises CUDA, after which Lightning cannot fork processes (ddp_fork,
     # ddp_notebook): those strategies leave bf16 and compile to Lightning.
     forking = kind == "cuda" and any(word in str(trainer.get("strategy", "")) for word in ("fork", "notebook"))
@@ -178,7 +63,6 @@ def check_devices(cfg: DictConfig, machine: Machine | None = None) -> DictConfig
     if _rank_zero():  # a run of N processes says each adaptation once
         for level, message in notes:
             log.log(level, message)
-    _PLAN.update(processes=processes, gpu=kind == "cuda")
     return cfg
 
 
@@ -345,39 +229,3 @@ def _rank_zero() -> bool:
         if name in os.environ:
             return os.environ[name] == "0"
     return True
-
-
-# ------------------------------------------------------------------------------------------- data.num_workers=auto
-
-
-def processes_per_machine() -> int:
-    """Training processes on this machine: torchrun's and SLURM's own count, else what check_devices planned."""
-    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
-        match = re.match(r"\d+", os.environ.get(name, ""))  # SLURM writes e.g. "4(x2)"
-        if match and int(match.group()) > 0:
-            return int(match.group())
-    return max(1, int(_PLAN.get("processes", 1)))
-
-
-def auto_num_workers(machine: Machine | None = None) -> int:
-    """`data.num_workers=auto`: the usable CPUs split between this machine's training processes, at most 8 loader
-    processes each (2 on a CPU run, whose cores the model itself needs); 0 (load in the main process) when a
-    process has fewer than 2 CPUs, where one worker was measured slower than none."""
-    machine = machine or Machine()
-    per_process = machine.cpus // processes_per_machine()
-    gpu = _PLAN["gpu"] if "gpu" in _PLAN else machine.cuda_devices > 0
-    cap = MAX_AUTO_WORKERS if gpu else MAX_AUTO_WORKERS_CPU
-    return min(cap, per_process) if per_process >= 2 else 0
-
-
-def default_pin_memory() -> bool:
-    """Loaders put batches in page-locked memory when the run trains on a CUDA GPU (as check_devices planned it; else
-    whenever CUDA is there), so that Lightning's copy to the GPU (non_blocking=True) overlaps with computation."""
-    return bool(_PLAN["gpu"]) if "gpu" in _PLAN else torch.cuda.is_available()
-
-
-def resolve_num_workers(value: Any) -> int:
-    """A DataLoader's worker count from `data.num_workers`: a whole number, or "auto" (`auto_num_workers`)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return auto_num_workers()
-    return int(value)

@@ -10,12 +10,14 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from segkit.data.dataset import collate
 from segkit.data.files import DataError
 from segkit.data.sampling import EpochSampler
+from segkit.machine import default_pin_memory, resolve_num_workers
 
 SPLITS = ("train", "val", "test")
 # The splits each Lightning stage loads.
@@ -28,6 +30,17 @@ def run_splits(stage: str | None, test: bool = False) -> tuple[str, ...]:
     agree on which splits may stop a run."""
     splits = STAGE_SPLITS.get(stage, SPLITS) if stage is not None else SPLITS
     return splits + ("test",) if stage == "fit" and test and "test" not in splits else splits
+
+
+def loader_settings(num_workers: int | str, pin_memory: bool | None, trainer: Any = None) -> tuple[int, bool]:
+    """(workers, pinned memory) of this process's loaders from `data.num_workers` and `data.pin_memory`: "auto"
+    workers and unset pinning follow `trainer` (its processes on this machine, and whether they train on CUDA GPUs),
+    or without one a single process on whatever this machine has (segkit.machine)."""
+    processes, gpu = 1, None
+    if trainer is not None:
+        processes, gpu = trainer.num_devices, isinstance(trainer.accelerator, CUDAAccelerator)
+    workers = resolve_num_workers(num_workers, processes=processes, gpu=gpu)
+    return workers, default_pin_memory(gpu) if pin_memory is None else pin_memory
 
 
 class SegDataModule(L.LightningDataModule):
@@ -61,12 +74,11 @@ class SegDataModule(L.LightningDataModule):
         self.ignore_index = ignore_index
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        from segkit.config.devices import default_pin_memory, resolve_num_workers
-
-        # "auto": the machine's usable CPUs split between its training processes (segkit.config.devices); batches
-        # in pinned memory when training on a CUDA GPU, copied with non_blocking=True (Lightning's batch_to_device).
-        self.num_workers = resolve_num_workers(num_workers)
-        self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory
+        # "auto": the machine's usable CPUs split between its training processes (segkit.machine); batches in pinned
+        # memory when training on a CUDA GPU, copied with non_blocking=True (Lightning's batch_to_device). Decided here
+        # for one process, and again in `setup` for the Trainer the datamodule is attached to.
+        self._loader_config = (num_workers, pin_memory)
+        self.num_workers, self.pin_memory = loader_settings(num_workers, pin_memory)
         self.crop_size = list(crop_size) if crop_size else None
         self.datasets: dict[str, Dataset] = {}
         # Set by train.py from its `test` key: fitting then sets up (and verifies) the test split too, so a missing
@@ -80,6 +92,8 @@ class SegDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:  # the run's processes on this machine and their device: its Trainer's
+            self.num_workers, self.pin_memory = loader_settings(*self._loader_config, trainer=self.trainer)
         for split in run_splits(stage, self.test_after_fit):
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)
