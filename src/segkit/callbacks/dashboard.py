@@ -56,7 +56,17 @@ class DashboardSummaries(L.Callback):
     - `val/confusion_matrix` after each validation (and `test/confusion_matrix` after testing): the heatmap of
       segkit.reports.drawing (rows ground truth, each row normalised), to TensorBoard and W&B;
     - at the end of fitting, the run's hyperparameters for TensorBoard's HParams view (see run_hparams), with
-      HPARAMS_COLUMNS and HPARAMS_METRICS as its columns, so the view compares the jobs of a sweep."""
+      HPARAMS_COLUMNS and HPARAMS_METRICS as its columns, so the view compares the jobs of a sweep.
+
+    Takes no arguments; it writes to the run's TensorBoard and W&B loggers, and does nothing without them. In
+    `conf/callbacks/default.yaml`.
+
+    Example:
+        >>> import lightning as L
+        >>> from lightning.pytorch.loggers import TensorBoardLogger
+        >>> from segkit.callbacks import DashboardSummaries
+        >>> trainer = L.Trainer(logger=TensorBoardLogger("run"), callbacks=[DashboardSummaries()])  # doctest: +SKIP
+    """
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

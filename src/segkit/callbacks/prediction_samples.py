@@ -47,7 +47,19 @@ class PredictionSamples(L.Callback):
 
     The images are spread over the validation set and the same every epoch: one chosen at random (from `seed`) in
     each of `num_samples` equal parts of the set (in video datasets the first images are near-identical frames).
-    A loader that does not tell its length gets its first images."""
+    A loader that does not tell its length gets its first images. In `conf/callbacks/default.yaml`.
+
+    Args:
+        dirpath: the folder of the PNG grids, `epoch_NNN.png` (`${paths.output_dir}/val_samples`).
+        num_samples: images per epoch.
+        every_n_epochs: log every n-th validation epoch.
+        seed: which images (the same every epoch).
+
+    Example:
+        >>> import lightning as L
+        >>> from segkit.callbacks import PredictionSamples
+        >>> trainer = L.Trainer(callbacks=[PredictionSamples("run/val_samples", num_samples=8)])  # doctest: +SKIP
+    """
 
     def __init__(self, dirpath: str, num_samples: int = 4, every_n_epochs: int = 1, seed: int = 0) -> None:
         self.dirpath = Path(dirpath)

@@ -17,7 +17,16 @@ class TimeBudget(L.Callback):
     training stops after it (Lightning's Timer would stop after the next one). The share is measured on the Timer's
     clock (which a resumed run restores) plus the recent batch time, and taken from the first process, so every
     process steps the same rate. Listed before the learning-rate monitor, which then logs the rate each batch uses.
-    Without a time limit it does nothing."""
+    Without a time limit it does nothing. In `conf/callbacks/default.yaml`.
+
+    Args:
+        smoothing: the weight of the newest batch in the running batch time (an exponential moving average).
+
+    Example:
+        >>> import lightning as L
+        >>> from segkit.callbacks import TimeBudget
+        >>> trainer = L.Trainer(max_time="00:01:00:00", callbacks=[TimeBudget()])  # doctest: +SKIP
+    """
 
     def __init__(self, smoothing: float = 0.3) -> None:
         self.smoothing = smoothing

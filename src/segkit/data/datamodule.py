@@ -44,8 +44,31 @@ def loader_settings(num_workers: int | str, pin_memory: bool | None, trainer: An
 
 
 class SegDataModule(L.LightningDataModule):
-    """Subclasses implement `make_dataset(split)`, returning items `{"image": float (C,H,W) in [0,1],
-    "mask": long (H,W)}`; everything else (loaders, workers, class facts) lives here."""
+    """What every dataset shares: the class facts, the loaders (their workers, shuffling and augmentation seeds that
+    resume exactly) and the splits a run loads. Subclasses implement `make_dataset(split)`, returning items
+    `{"image": float (C,H,W) in [0,1], "mask": long (H,W)}`; everything else lives here.
+
+    Args:
+        num_classes: how many classes, at least 2: the one place a run's class facts are defined (model, loss and
+            metric configs interpolate `${data.num_classes}` and the rest).
+        class_names: one name per class.
+        palette: one RGB colour per class (masks written, pictures drawn).
+        in_channels: channels of the images.
+        ignore_index: mask value of pixels that count for nothing (void, padding).
+        batch_size: training batch size.
+        eval_batch_size: validation and test batch size (default: `batch_size`).
+        num_workers: loader processes, or "auto": this machine's usable CPUs split between the training processes
+            of the Trainer the datamodule is attached to, at most 8 each (2 on a CPU run; segkit.machine).
+        pin_memory: page-locked batches; None: when the Trainer trains on CUDA GPUs.
+        crop_size: (H, W) of training images (the crop the augmentation pipelines take).
+
+    Example:
+        >>> from segkit.data import SegDataModule
+        >>> class Mine(SegDataModule):
+        ...     def make_dataset(self, split):
+        ...         return my_dataset(split)  # items {"image": (C, H, W) in [0, 1], "mask": (H, W) class ids}
+        >>> Mine(num_classes=2, class_names=["bg", "fg"], palette=[[0, 0, 0], [255, 255, 255]])  # doctest: +SKIP
+    """
 
     def __init__(
         self,
@@ -60,7 +83,6 @@ class SegDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         crop_size: Sequence[int] | None = None,
     ) -> None:
-        """`crop_size` (H, W): the size of training images (the crop the augmentation pipelines take)."""
         super().__init__()
         if len(class_names) != num_classes or len(palette) != num_classes:
             raise ValueError(

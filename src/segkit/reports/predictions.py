@@ -17,7 +17,20 @@ from segkit.reports.drawing import overlay, save_index_png, to_rgb
 
 class PredictionTable(L.Callback):
     """A W&B table of the first `max_rows` evaluated images: name, the image with ground truth and prediction
-    as interactive masks, and the image's own pixel accuracy (to sort by the worst)."""
+    as interactive masks, and the image's own pixel accuracy (to sort by the worst). evaluate.py adds it with
+    `log_table=<rows>`; logged at the end of validation or test to every W&B logger.
+
+    Args:
+        class_names: one name per class (the masks' labels).
+        ignore_index: mask value of ignored pixels, left out of the accuracy.
+        max_rows: images in the table at most.
+
+    Example:
+        >>> import lightning as L
+        >>> from segkit.reports.predictions import PredictionTable
+        >>> table = PredictionTable(["background", "cell"], ignore_index=255, max_rows=16)
+        >>> trainer = L.Trainer(logger=wandb_logger, callbacks=[table])  # doctest: +SKIP
+    """
 
     def __init__(self, class_names: Sequence[str], ignore_index: int | None, max_rows: int = 32) -> None:
         self.labels = dict(enumerate(class_names))
@@ -67,7 +80,21 @@ class PredictionTable(L.Callback):
 
 class MaskWriter(L.Callback):
     """Writes each predicted mask as `<masks_dir>/<name>.png` (palette PNG) and, when `overlays_dir` is set, the
-    image with the prediction over it as `<overlays_dir>/<name>.png`. Works for validate, test and predict."""
+    image with the prediction over it as `<overlays_dir>/<name>.png`. Works for validate, test and predict:
+    predict.py writes its masks with it, evaluate.py with `save_predictions=true`.
+
+    Args:
+        masks_dir: the folder of the masks (class ids, coloured by the palette; names as the batch's `name`).
+        palette: one RGB colour per class.
+        overlays_dir: the folder of the overlays, or None for none.
+        ignore_index: class id drawn as ignored in the overlays.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from segkit.reports.predictions import MaskWriter
+        >>> writer = MaskWriter("masks", palette=[[0, 0, 0], [255, 0, 0]])  # doctest: +SKIP
+        >>> writer.write(torch.rand(1, 3, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long), ["a"])  # doctest: +SKIP
+    """
 
     def __init__(
         self,

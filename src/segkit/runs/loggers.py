@@ -65,6 +65,18 @@ def _plain(value: Any) -> Any:
 
 
 class CSVLogger(LightningCSVLogger):
+    """Lightning's CSV logger (`csv/metrics.csv`, on disk as soon as a metric is logged), made safe to resume: a
+    resumed run appends to its metrics history instead of starting it again (`forget_from` drops what the
+    interrupted process logged after its checkpoint), and no rewrite can be cut short by a kill. Always on
+    (`conf/logger/*.yaml`).
+
+    Args: those of `lightning.pytorch.loggers.CSVLogger` (`save_dir`, `name`, `version`, ...).
+
+    Example:
+        >>> from segkit.runs.loggers import CSVLogger
+        >>> logger = CSVLogger(save_dir="run", name="csv", version="")  # doctest: +SKIP
+    """
+
     @property
     @rank_zero_experiment
     def experiment(self) -> AppendingWriter:
@@ -86,7 +98,14 @@ class CSVLogger(LightningCSVLogger):
 class WandbLogger(LightningWandbLogger):
     """Lightning's W&B logger without the two settings it passes to every `wandb.init` that W&B (0.30) warns about
     on every run: `anonymous` (no effect any more) and, offline, `resume` (ignored offline: the run keeps its id,
-    which resuming sets, either way)."""
+    which resuming sets, either way). `logger=wandb` (and the default) in a config.
+
+    Args: those of `lightning.pytorch.loggers.WandbLogger` (`project`, `name`, `group`, `tags`, `save_dir`, ...).
+
+    Example:
+        >>> from segkit.runs.loggers import WandbLogger
+        >>> logger = WandbLogger(project="segkit", save_dir="run", offline=True)  # doctest: +SKIP
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -21,6 +21,28 @@ MODES = ("whole", "slide")
 
 
 class Inference:
+    """How a network turns an image batch into class probabilities `(B, num_classes, H, W)` at the images' size:
+    one pass (whole), windows (slide), and test-time augmentation over scales and flips in either. evaluate.py and
+    predict.py build one from `conf/inference/*.yaml` (`build_inference`); training validates with one plain pass.
+
+    Args:
+        mode: "whole" (the image at once) or "slide" (windows of `crop_size` every `stride`, their logits averaged;
+            an image smaller than a window is padded and the padding cut off).
+        crop_size: (H, W) of the windows, for slide.
+        stride: (H, W) steps between windows; by default two thirds of a window.
+        scales: the image is resized by each, the logits resized back; their softmax probabilities are averaged.
+        flip: also every scale flipped horizontally.
+
+    Example:
+        >>> import torch
+        >>> from segkit.models import UNet
+        >>> from segkit.training.inference import Inference
+        >>> net = UNet({"name": "resnet18"}, num_classes=3).eval()
+        >>> tta = Inference(mode="slide", crop_size=(32, 32), scales=[0.75, 1.0], flip=True)
+        >>> tta(net, torch.rand(1, 3, 45, 61)).shape
+        torch.Size([1, 3, 45, 61])
+    """
+
     def __init__(
         self,
         mode: str = "whole",
@@ -98,7 +120,18 @@ class Inference:
 
 
 def build_inference(cfg: dict | None, data: dict) -> Inference:
-    """From an `inference` config (none: plain whole-image passes); the window defaults to the training crop."""
+    """The inference of an `inference` config (none: plain whole-image passes); slide's window defaults to the
+    training crop (`data["crop_size"]`).
+
+    Args:
+        cfg: the `inference` config as a dict (`Inference`'s arguments), or None.
+        data: the data config (a checkpoint's own, for evaluate.py and predict.py).
+
+    Example:
+        >>> from segkit.training.inference import build_inference
+        >>> build_inference({"mode": "slide"}, {"crop_size": [64, 96]})
+        Inference(mode=slide, crop_size=(64, 96), stride=(42, 64), scales=[1.0], flip=False)
+    """
     cfg = dict(cfg or {})
     if cfg.get("mode") == "slide" and not cfg.get("crop_size"):
         cfg["crop_size"] = data.get("crop_size")

@@ -11,6 +11,21 @@ from torch import nn
 
 
 class CrossEntropyLoss(nn.Module):
+    """Pixel-wise cross-entropy, in float32, leaving `ignore_index` pixels out of the mean. `loss=ce` in a config.
+
+    Args:
+        ignore_index: mask value of pixels that count for nothing (`${data.ignore_index}`).
+        class_weights: one weight per class (e.g. what `python check_data.py` suggests), or None for equal ones.
+        label_smoothing: as in `torch.nn.functional.cross_entropy`, 0 for none.
+
+    Example:
+        >>> import torch
+        >>> from segkit.training.losses import CrossEntropyLoss
+        >>> loss = CrossEntropyLoss(ignore_index=255, class_weights=[0.5, 1.0, 1.0])
+        >>> loss(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))).shape
+        torch.Size([])
+    """
+
     def __init__(
         self,
         ignore_index: int = 255,
@@ -35,7 +50,21 @@ class CrossEntropyLoss(nn.Module):
 
 class DiceLoss(nn.Module):
     """1 - soft Dice over the whole batch, averaged over the classes present in the batch's ground truth, so
-    absent classes neither reward nor punish (over all classes when every pixel is ignored). No host sync."""
+    absent classes neither reward nor punish (over all classes when every pixel is ignored). No host sync.
+    `loss=dice` in a config.
+
+    Args:
+        ignore_index: mask value of pixels left out (`${data.ignore_index}`).
+        smooth: added to the numerator and denominator of each class's Dice.
+
+    Example:
+        >>> import torch
+        >>> from segkit.training.losses import DiceLoss
+        >>> target = torch.randint(0, 3, (2, 8, 8))
+        >>> perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2) * 100.0
+        >>> round(float(DiceLoss()(perfect, target)), 4)
+        0.0
+    """
 
     def __init__(self, ignore_index: int = 255, smooth: float = 1.0) -> None:
         super().__init__()
@@ -63,7 +92,21 @@ class DiceLoss(nn.Module):
 
 
 class FocalLoss(nn.Module):
-    """Focal loss (Lin et al., 2017): cross-entropy scaled by (1 - p_t)^gamma; gamma=0 gives plain CE."""
+    """Focal loss (Lin et al., 2017): cross-entropy scaled by (1 - p_t)^gamma, so that pixels already well classified
+    count less; gamma=0 gives plain CE. `loss=focal` in a config.
+
+    Args:
+        ignore_index: mask value of pixels left out (`${data.ignore_index}`).
+        gamma: the focusing exponent.
+        alpha: one weight per class, or None.
+
+    Example:
+        >>> import torch
+        >>> from segkit.training.losses import CrossEntropyLoss, FocalLoss
+        >>> logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> torch.allclose(FocalLoss(gamma=0.0)(logits, target), CrossEntropyLoss()(logits, target))
+        True
+    """
 
     def __init__(self, ignore_index: int = 255, gamma: float = 2.0, alpha: Sequence[float] | None = None) -> None:
         super().__init__()
@@ -83,7 +126,21 @@ class FocalLoss(nn.Module):
 
 
 class WeightedSum(nn.Module):
-    """A weighted sum of losses, e.g. CE + Dice. Hydra builds the `losses` first; `weights` default to 1."""
+    """A weighted sum of losses, e.g. CE + Dice (`loss=ce_dice`, the default). Hydra builds the `losses` first.
+
+    Args:
+        losses: the terms by name, each a loss of (logits, target).
+        weights: a weight per name (a subset of `losses`); missing ones are 1.
+
+    Example:
+        >>> import torch
+        >>> from segkit.training.losses import CrossEntropyLoss, DiceLoss, WeightedSum
+        >>> loss = WeightedSum({"ce": CrossEntropyLoss(), "dice": DiceLoss()}, weights={"dice": 0.5})
+        >>> loss.weights
+        {'ce': 1.0, 'dice': 0.5}
+        >>> loss(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))).shape
+        torch.Size([])
+    """
 
     def __init__(self, losses: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None) -> None:
         super().__init__()

@@ -32,6 +32,33 @@ EPOCH_SUMS_KEY = "segkit_epoch_sums_per_process"
 
 
 class SegmentationModule(L.LightningModule):
+    """The LightningModule: the network, the loss, the epoch's confusion-matrix metrics, the optimizer (with its
+    parameter groups) and the per-step schedule, all built from plain configs, so that its hyperparameters, and so
+    a checkpoint, are data. `build_module(cfg)` makes one from a composed train config, `load_module(path)` from a
+    checkpoint.
+
+    Args:
+        model: the model config (`_target_` a segkit.models class, `channels_last` and `compile` switches).
+        loss: the loss config.
+        optimizer: a partial of a torch.optim class, with optional `param_groups` (segkit.training.param_groups).
+        data: the data config: the class facts (num_classes, class_names, palette, ignore_index) and what rebuilds
+            the datamodule from a checkpoint alone.
+        scheduler: a partial of a segkit.training.schedules function, or None.
+        trusted_modules: the command's packages besides segkit's whose classes the configs may name; never a
+            hyperparameter (segkit.config.trust).
+
+    Example:
+        >>> from segkit.training.module import SegmentationModule
+        >>> module = SegmentationModule(
+        ...     model={"_target_": "segkit.models.UNet", "backbone": {"name": "resnet18"}, "num_classes": 2},
+        ...     loss={"_target_": "segkit.training.losses.DiceLoss"},
+        ...     optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
+        ...     data={"num_classes": 2, "class_names": ["bg", "fg"], "palette": [[0, 0, 0], [255, 255, 255]]},
+        ... )
+        >>> module.hparams.loss
+        {'_target_': 'segkit.training.losses.DiceLoss'}
+    """
+
     def __init__(
         self,
         model: dict,
@@ -244,8 +271,22 @@ class SegmentationModule(L.LightningModule):
 
 
 def build_module(cfg: DictConfig) -> SegmentationModule:
-    """The module a composed train config describes (`model`, `loss`, `optimizer`, `scheduler`, `data`), its
-    configs resolved to plain data; the config's `trusted_modules` are the command's."""
+    """The module a composed train config describes, its configs resolved to plain data (what the hyperparameters
+    and so checkpoints hold); the config's `trusted_modules` are the command's.
+
+    Args:
+        cfg: a train config (conf/train.yaml, composed): its `model`, `loss`, `optimizer`, `scheduler` and `data`.
+
+    Example:
+        >>> from hydra import compose, initialize_config_dir
+        >>> from segkit.config.hydra_setup import CONFIG_DIR, register_resolvers
+        >>> from segkit.training.module import build_module
+        >>> register_resolvers()
+        >>> with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):  # doctest: +SKIP
+        ...     cfg = compose("train", overrides=["model=fcn", "loss=dice"])
+        >>> build_module(cfg).criterion  # doctest: +SKIP
+        DiceLoss()
+    """
 
     def plain(node: DictConfig | None) -> Any:
         return None if node is None else OmegaConf.to_container(node, resolve=True)
@@ -261,10 +302,27 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
 
 
 def load_module(path: str | Path, trusted: Sequence[str] = ()) -> SegmentationModule:
-    """The trained module of a checkpoint, on the CPU, in eval mode.
+    """The trained module of a checkpoint, on the CPU, in eval mode: the one way segkit rebuilds a model from a file
+    (evaluate.py, predict.py, export.py; `SegmentationModule.load_from_checkpoint` is this too).
 
-    `trusted`: the current command's `trusted_modules` (never the checkpoint's): packages besides segkit's own
-    whose classes the stored configs may name.
+    The file is read as data (`weights_only=True`), its stored configs are read through the table of moved
+    addresses (segkit.moved) and checked against the allow-list (segkit.config.trust) before anything is built, and
+    the network is rebuilt from them without reaching for pretrained weights: the state dict holds every weight.
+
+    Args:
+        path: a checkpoint written by train.py (`<run dir>/checkpoints/last.ckpt` or a `best-*.ckpt`).
+        trusted: the current command's `trusted_modules` (never the checkpoint's): packages besides segkit's own
+            whose classes the stored configs may name.
+
+    Raises `CheckpointError` (a file that is no segkit checkpoint, or cut short) or `UntrustedTargetError`, each
+    naming the file and the fix.
+
+    Example:
+        >>> import torch
+        >>> from segkit.training.module import load_module
+        >>> module = load_module("logs/train/runs/<run>/checkpoints/last.ckpt")  # doctest: +SKIP
+        >>> probabilities = module.inference(module, torch.rand(1, 3, 512, 512))  # doctest: +SKIP
+        >>> logits = module.net(torch.rand(1, 3, 512, 512))  # doctest: +SKIP
     """
     path = Path(path).expanduser()
     checkpoint = read_checkpoint(path)

@@ -92,7 +92,27 @@ class WarmupDecayLR(LRScheduler):
 def poly(
     optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0, warmup_start: float = 0.1
 ) -> WarmupDecayLR:
-    """lr * (1 - t/T)^power after a linear warm-up: the DeepLab / MMSegmentation default."""
+    """lr * (1 - t/T)^power after a linear warm-up: the DeepLab / MMSegmentation default. `scheduler=poly`; configs
+    give it as a partial, which the LightningModule completes with the optimizer and the run's total steps.
+
+    Args:
+        optimizer: the optimizer whose rates it sets, every optimizer step.
+        total_steps: the run's optimizer steps (inf: a run bounded by `trainer.max_time` alone decays by time).
+        power: the decay's exponent.
+        warmup_steps: steps of linear warm-up from `warmup_start` x lr to lr.
+        warmup_start: the warm-up's first factor.
+
+    Example:
+        >>> import torch
+        >>> from segkit.training.schedules import poly
+        >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        >>> schedule = poly(optimizer, total_steps=10, power=1.0)
+        >>> for _ in range(5):
+        ...     optimizer.step()
+        ...     schedule.step()
+        >>> round(optimizer.param_groups[0]["lr"], 6)
+        0.5
+    """
     return WarmupDecayLR(
         optimizer, total_steps, "poly", power=power, warmup_steps=warmup_steps, warmup_start=warmup_start
     )
@@ -101,7 +121,26 @@ def poly(
 def cosine(
     optimizer: Optimizer, total_steps: int, min_lr: float = 0.0, warmup_steps: int = 0, warmup_start: float = 0.1
 ) -> WarmupDecayLR:
-    """Cosine from lr down to `min_lr` after a linear warm-up."""
+    """Cosine from lr down to `min_lr` after a linear warm-up. `scheduler=cosine`; a partial, as `poly` is.
+
+    Args:
+        optimizer: the optimizer whose rates it sets, every optimizer step.
+        total_steps: the run's optimizer steps (inf: a run bounded by `trainer.max_time` alone decays by time).
+        min_lr: the last rate (an absolute learning rate).
+        warmup_steps: steps of linear warm-up from `warmup_start` x lr to lr.
+        warmup_start: the warm-up's first factor.
+
+    Example:
+        >>> import torch
+        >>> from segkit.training.schedules import cosine
+        >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        >>> schedule = cosine(optimizer, total_steps=10, min_lr=0.1)
+        >>> for _ in range(10):
+        ...     optimizer.step()
+        ...     schedule.step()
+        >>> round(optimizer.param_groups[0]["lr"], 6)
+        0.1
+    """
     return WarmupDecayLR(
         optimizer, total_steps, "cosine", min_lr=min_lr, warmup_steps=warmup_steps, warmup_start=warmup_start
     )
