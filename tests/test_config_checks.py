@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import ROOT, compose_config, run_script, tiny_train_config
-from fake_data import save
+from helpers.fake_data import save
 from segkit.config.checks import ConfigError, find_unknown_keys, validate
 
 
@@ -84,7 +84,7 @@ def test_a_batch_size_that_is_no_number_fails_before_any_data_is_read(tmp_path):
         ["-m", "hparams_search=lr_loss", "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.001,0.1)"],
         ["-m", "hydra/launcher=local", "hydra.launcher.timeout_min=5", "hydra.job.chdir=false"],
         [
-            "+callbacks.interrupt._target_=interrupt.KillAtStep",
+            "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
             "+callbacks.interrupt.step=5",
             "callbacks.interrupt.step=6",
         ],

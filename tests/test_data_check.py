@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
-from fake_data import MEMBRANE, blocks, copy_membrane, folder_overrides, image_for, save
+from helpers.fake_data import MEMBRANE, blocks, copy_membrane, folder_overrides, image_for, save
 from segkit.data.files import DataError
 from segkit.tasks.check_data import check_dataset, run_check
 from segkit.tasks.train import train

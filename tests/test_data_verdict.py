@@ -11,7 +11,7 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import ROOT, compose_config, run_entry
-from fake_data import THREE_CLASSES, blocks, image_for, save
+from helpers.fake_data import THREE_CLASSES, blocks, image_for, save
 from segkit.data.files import DataError
 from segkit.tasks.check_data import run_check
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import compose_config
-from fake_data import save
+from helpers.fake_data import save
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.export import export
 from segkit.tasks.predict import predict

@@ -10,11 +10,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import soak
 import torch
 import yaml
 
 from conftest import ROOT, compose_config, run_entry, run_script
+from helpers import soak
 from segkit.runs.stop import StopAndSave
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.train import train
@@ -31,7 +31,7 @@ def dataset(tmp_path_factory):
 
 def overrides(root: Path) -> list[str]:
     """The soak script's run, 2 epochs, with the test's interrupting callbacks trusted."""
-    return [*soak.overrides(root, epochs=2), "trusted_modules=[interrupt]"]
+    return [*soak.overrides(root, epochs=2), "trusted_modules=[helpers.interrupt]"]
 
 
 def metrics_csv(run: Path) -> str:
@@ -57,7 +57,7 @@ def test_a_stop_saves_mid_epoch_and_resumes_exactly(dataset, uninterrupted, tmp_
     run = as_run(tmp_path / "run", overrides(dataset))
     stop_at = STEPS_PER_EPOCH + 2  # in the middle of the second epoch
     kill = [
-        "+callbacks.interrupt._target_=interrupt.KillAtStep",
+        "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
         f"+callbacks.interrupt.step={stop_at}",
         f"+callbacks.interrupt.signum={int(signum)}",
     ]
@@ -77,7 +77,7 @@ def test_a_stop_saves_mid_epoch_and_resumes_exactly(dataset, uninterrupted, tmp_
 
 def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninterrupted, tmp_path):
     """SIGKILL (no clean-up) after the second epoch's checkpoints, before its training scores are logged; W&B on."""
-    kill = ["+callbacks.interrupt._target_=interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=1"]
+    kill = ["+callbacks.interrupt._target_=helpers.interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=1"]
     run_args = [("logger=wandb" if o == "logger=csv" else o) for o in overrides(dataset)]
     proc = run_script(str(ROOT / "train.py"), *run_args, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
@@ -125,12 +125,12 @@ def test_last_after_an_early_kill_and_a_finished_run_touch_no_run(tmp_path):
         "data.num_val=4",
         "data.image_size=[32,32]",
         "data.batch_size=4",
-        "trusted_modules=[interrupt]",
+        "trusted_modules=[helpers.interrupt]",
     ]
     proc = run_entry(str(ROOT / "train.py"), "model=fcn", *tiny, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (finished,) = (tmp_path / "logs" / "train" / "runs").iterdir()
-    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=1"]
+    kill = ["+callbacks.interrupt._target_=helpers.interrupt.KillAtStep", "+callbacks.interrupt.step=1"]
     proc = run_script(str(ROOT / "train.py"), *tiny, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL  # before its first checkpoint
     runs = set((tmp_path / "logs" / "train" / "runs").iterdir())

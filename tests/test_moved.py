@@ -14,7 +14,7 @@ import yaml
 
 import segkit.moved
 from conftest import ROOT, run_entry
-from fake_data import save
+from helpers.fake_data import save
 from segkit.config.trust import TRUSTED_CALLABLES, TRUSTED_MODULES, UntrustedTargetError, check_target
 from segkit.moved import MOVED_TARGETS, moved_override, with_moved_targets
 from segkit.runs.resume import recorded_overrides
@@ -99,10 +99,10 @@ def old_run(tmp_path_factory) -> dict[str, Path]:
         "data.batch_size=4",
         "loss.losses.dice._target_=segkit.training.losses.DiceLoss",
         "scheduler._target_=segkit.training.schedules.poly",
-        "+callbacks.interrupt._target_=interrupt.KillAtStep",
+        "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
         "+callbacks.interrupt.step=3",  # 2 steps an epoch: in the middle of the second
         f"+callbacks.interrupt.signum={int(signal.SIGTERM)}",
-        "trusted_modules=[interrupt]",
+        "trusted_modules=[helpers.interrupt]",
         cwd=workdir,
     )
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]

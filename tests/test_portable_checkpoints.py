@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose_config, tiny_train_config
-from fake_data import save
+from helpers.fake_data import save
 from segkit.models.backbone import PretrainedWeightsUnavailable
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.export import export

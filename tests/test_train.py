@@ -200,10 +200,10 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
 
 def test_two_process_ddp_on_cpu_stops_together_resumes_and_agrees_across_ranks_and_with_one_process(tmp_path):
     sigterm = [
-        "+callbacks.interrupt._target_=interrupt.KillAtStep",
+        "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
         "+callbacks.interrupt.step=1",
         "+callbacks.interrupt.signum=15",
-        "trusted_modules=[interrupt]",
+        "trusted_modules=[helpers.interrupt]",
     ]  # mid-epoch: 2 steps an epoch
     proc = run_script(
         # The CPU rehearsal of trainer=ddp as typed (sync-BN turned off, said once), in fp32 so that one process

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import compose_config, tiny_train_config
-from fake_data import save
+from helpers.fake_data import save
 from segkit.config.trust import UntrustedTargetError, check_target, check_targets
 from segkit.runs.checkpoints import CheckpointError
 from segkit.tasks.evaluate import evaluate

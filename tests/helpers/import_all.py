@@ -4,7 +4,7 @@
 constraints file): a runtime import that pyproject.toml does not declare fails here, by name. Optional groups
 (`export`, `sweeps`, `tensorboard`) are imported only when `--extras` says they were installed.
 
-    python tests/import_all.py [--extras export,sweeps,tensorboard]
+    python tests/helpers/import_all.py [--extras export,sweeps,tensorboard]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENTRY_SCRIPTS = (
     "train.py",
     "evaluate.py",

@@ -1,7 +1,7 @@
 """Soak test of exact resume: kill a small training run N times at random moments, resume it each time, and compare
 its whole metrics history with an uninterrupted run's.
 
-    python tests/soak.py [--kills 10] [--seed 0] [--workdir DIR] [--epochs 20]
+    python tests/helpers/soak.py [--kills 10] [--seed 0] [--workdir DIR] [--epochs 20]
 
 Each attempt starts `train.py` (the first one afresh, later ones with `ckpt_path=last`) and sends SIGKILL or
 SIGTERM at a random moment: during start-up (one attempt in six), while a checkpoint is being written (a
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_data import THREE_CLASSES, blocks, image_for, save  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, run as a script too
+from helpers.fake_data import THREE_CLASSES, blocks, image_for, save  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_dataset(root: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-MEMBRANE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "isbi2012-membrane"
+MEMBRANE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "isbi2012-membrane"
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (256 * 3 - 12)
 THREE_CLASSES = ["data.num_classes=3", "data.class_names=[a,b,c]", "data.palette=[[0,0,0],[255,0,0],[0,255,0]]"]
 
