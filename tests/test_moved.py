@@ -137,10 +137,13 @@ def test_an_old_checkpoint_evaluates_predicts_and_exports(old_run, tmp_path, mon
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         save(tmp_path / "in" / f"{name}.png", (rng.random((37, 45, 3)) * 255).astype(np.uint8))
-    proc = run_entry(str(ROOT / "predict.py"), f"ckpt_path={ckpt}", "input=in", "output=out", cwd=tmp_path)
+    proc = run_entry(
+        str(ROOT / "predict.py"), f"ckpt_path={ckpt}", "input=in", "output=out", "num_workers=0", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["a.png", "b.png"]
-    proc = run_entry(str(ROOT / "export.py"), f"ckpt_path={ckpt}", "output=x", "formats=[torch_export]", cwd=tmp_path)
+    export = ["output=x", "formats=[torch_export]", "check_shapes=[[1,45,61]]"]
+    proc = run_entry(str(ROOT / "export.py"), f"ckpt_path={ckpt}", *export, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "x" / "model.pt2").is_file()
 

@@ -24,8 +24,7 @@ from segkit.models.unet import UNetDecoder
 TINY_SWIN = {"name": "swin_tiny_patch4_window7_224", "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
 TINY_VIT16 = {"name": "vit_tiny_patch16_224", "depth": 4}
 TINY_VIT14 = {"name": "vit_small_patch14_dinov2", "depth": 4, "embed_dim": 96, "num_heads": 2}
-FAMILIES = {
-    "resnet18": {"name": "resnet18"},
+FAMILIES = {  # resnet18 with every decoder: tests/test_decoders.py
     "efficientnet_b0": {"name": "efficientnet_b0"},
     "convnext_atto": {"name": "convnext_atto"},
     "swin": TINY_SWIN,  # channels-last (NHWC) features, padded to a multiple of its patch (4)
