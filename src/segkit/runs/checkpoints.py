@@ -1,5 +1,5 @@
-"""Checkpoint files read as data: what `segkit.training.module.load_module`, the one way to rebuild a model from a
-checkpoint (evaluate, predict, export), and a resumed training read of them.
+"""Checkpoint files read as data, for `segkit.training.module.load_module` (the one way to rebuild a model from a
+checkpoint: evaluate, predict, export) and for a training that resumes from one.
 
 A checkpoint is data: tensors and plain configs, read with `weights_only=True`. Its configs are checked
 (segkit.config.trust) before anything is built, and the network is rebuilt from them alone: the state dict holds every
