@@ -87,10 +87,10 @@ check-install:
 	$(PYTHON) -m venv $(CHECK_VENV)
 	$(CHECK_VENV)/bin/python -m pip install -q -c constraints.txt -e .
 	$(CHECK_VENV)/bin/python -m pip check
-	$(CHECK_VENV)/bin/python tests/import_all.py
+	$(CHECK_VENV)/bin/python tests/helpers/import_all.py
 	$(CHECK_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[export,sweeps,tensorboard]"
 	$(CHECK_VENV)/bin/python -m pip check
-	$(CHECK_VENV)/bin/python tests/import_all.py --extras export,sweeps,tensorboard
+	$(CHECK_VENV)/bin/python tests/helpers/import_all.py --extras export,sweeps,tensorboard
 	rm -rf $(CHECK_VENV)
 
 ## Re-lock: after changing pyproject.toml's dependencies, install them into .venv, then write its exact set.

@@ -11,13 +11,13 @@ directory; warns when the spread of the repeats is larger than the effect being 
 import hydra
 from omegaconf import DictConfig
 
-from segkit.config_checks import check_overrides
-from segkit.hydra_setup import register_resolvers
+from segkit.config.checks import check_overrides
+from segkit.config.hydra_setup import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
-    from segkit.bench.run import run  # torch and Lightning load after the config checks
+    from segkit.tasks.bench import run  # torch and Lightning load after the config checks
 
     run(cfg)
 

@@ -9,13 +9,13 @@ image | mask over image in the data config's palette, with a legend; ignored pix
 import hydra
 from omegaconf import DictConfig
 
-from segkit.config_checks import check_overrides
-from segkit.hydra_setup import register_resolvers
+from segkit.config.checks import check_overrides
+from segkit.config.hydra_setup import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="browse_data")
 def main(cfg: DictConfig) -> None:
-    from segkit.data.browse import browse  # the data stack loads after the config checks
+    from segkit.tasks.browse_data import browse  # the data stack loads after the config checks
 
     browse(cfg)
 

@@ -12,13 +12,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from segkit.config_checks import check_overrides
-from segkit.hydra_setup import register_resolvers
+from segkit.config.checks import check_overrides
+from segkit.config.hydra_setup import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="check_data")
 def main(cfg: DictConfig) -> None:
-    from segkit.data.check import run_check  # the data stack loads after the config checks
+    from segkit.tasks.check_data import run_check  # the data stack loads after the config checks
 
     if run_check(cfg)["errors"]:
         sys.exit(1)

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from segkit.config_checks import check_overrides, validate
-from segkit.hydra_setup import register_resolvers
+from segkit.config.checks import check_overrides, validate
+from segkit.config.hydra_setup import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")

@@ -5,13 +5,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from segkit.config_checks import check_overrides, validate
-from segkit.hydra_setup import register_resolvers
+from segkit.config.checks import check_overrides, validate
+from segkit.config.hydra_setup import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from segkit.device_checks import check_devices
+    from segkit.config.devices import check_devices
     from segkit.tasks.predict import UnreadableInputs, predict  # Lightning and the models load after the checks
 
     try:

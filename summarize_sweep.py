@@ -11,7 +11,7 @@ An Optuna search (`hparams_search=...`) has the same job folders; its best trial
 import argparse
 from pathlib import Path
 
-from segkit.sweeps import summarize
+from segkit.reports.sweeps import summarize
 
 
 def main(argv: list[str] | None = None) -> None:

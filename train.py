@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from segkit.config_checks import check_overrides
-from segkit.hydra_setup import register_resolvers
+from segkit.config.checks import check_overrides
+from segkit.config.hydra_setup import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from segkit.resume import resumed_config  # torch and Lightning load after the config checks
+    from segkit.runs.resume import resumed_config  # torch and Lightning load after the config checks
     from segkit.tasks.train import optimized_value, train
 
     cfg = resumed_config(cfg)  # `ckpt_path=last`: the interrupted run's own config

@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from segkit.hydra_setup import register_resolvers  # noqa: E402
+from segkit.config.hydra_setup import register_resolvers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -55,15 +55,16 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
 
 
 def script_env() -> dict[str, str]:
-    """The environment of a command a test runs: offline, with tests/ importable (test-only callbacks), and
-    without the W&B service of this pytest process, so each command starts its own as a user's shell would."""
+    """The environment of a command a test runs: offline, with tests/ importable (test-only callbacks, in
+    tests/helpers) before the caller's own PYTHONPATH, and without the W&B service of this pytest process, so each
+    command starts its own as a user's shell would."""
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return {
         **env,
         "WANDB_MODE": "offline",
         "HF_HUB_OFFLINE": "1",
         "HYDRA_FULL_ERROR": "1",
-        "PYTHONPATH": str(ROOT / "tests"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
     }
 
 

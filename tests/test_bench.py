@@ -6,14 +6,14 @@ import json
 import pytest
 
 from conftest import compose_config
-from segkit.bench.run import spread_warnings, summarize
+from segkit.bench.summary import spread_warnings, summarize
 
 MODEL_KEYS = {"train_img_s", "bare_img_s", "overhead_pct", "infer_img_s", "train_peak_mb", "infer_peak_mb"}
 
 
 @pytest.mark.slow
 def test_model_benchmark_compares_lightning_with_a_bare_loop(tmp_path, capsys):
-    from segkit.bench.run import run
+    from segkit.tasks.bench import run
 
     cfg = compose_config(
         "bench",
@@ -47,7 +47,7 @@ def test_model_benchmark_compares_lightning_with_a_bare_loop(tmp_path, capsys):
 
 
 def test_data_benchmark_measures_each_worker_count(tmp_path):
-    from segkit.bench.run import run
+    from segkit.tasks.bench import run
 
     cfg = compose_config("bench", ["target=data", "workers=[0,1]", "steps=3", "warmup_steps=1", "repeats=2"], tmp_path)
     rows = run(cfg)

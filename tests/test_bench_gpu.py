@@ -9,7 +9,7 @@ from omegaconf import open_dict
 
 from conftest import ROOT, compose_config, run_entry
 from segkit.bench.gpu import count_flops, markdown, measure_suite, peak_tflops, suite_settings, write_report
-from segkit.device_checks import Machine
+from segkit.machine import Machine
 
 TINY = [
     "gpu.batch_size=2",
@@ -77,7 +77,7 @@ def test_flops_are_counted_per_image_forward_and_backward():
 
 def test_flops_of_a_segmentation_model(tmp_path):
     from segkit.bench.gpu import model_config
-    from segkit.tasks.train import build_module
+    from segkit.training.module import build_module
 
     cfg = compose_config("bench", TINY, tmp_path)
     net = build_module(model_config(cfg, cfg.gpu.models[0])).net

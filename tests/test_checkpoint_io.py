@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from segkit.checkpoint_io import AtomicCheckpointIO
+from segkit.runs.checkpoint_io import AtomicCheckpointIO
 
 
 def test_an_interrupted_save_leaves_the_old_checkpoint_loadable(tmp_path, monkeypatch):

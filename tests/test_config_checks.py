@@ -1,4 +1,4 @@
-"""Config mistakes fail at start-up in seconds, naming the key (segkit.config_checks), and predict.py writes every
+"""Config mistakes fail at start-up in seconds, naming the key (segkit.config.checks), and predict.py writes every
 mask it can before it fails on the inputs it cannot read. No training here."""
 
 import importlib.util
@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import ROOT, compose_config, run_script, tiny_train_config
-from fake_data import save
-from segkit.config_checks import ConfigError, find_unknown_keys, validate
+from helpers.fake_data import save
+from segkit.config.checks import ConfigError, find_unknown_keys, validate
 
 
 def failure(cfg, task: str = "train") -> str:
@@ -84,7 +84,7 @@ def test_a_batch_size_that_is_no_number_fails_before_any_data_is_read(tmp_path):
         ["-m", "hparams_search=lr_loss", "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.001,0.1)"],
         ["-m", "hydra/launcher=local", "hydra.launcher.timeout_min=5", "hydra.job.chdir=false"],
         [
-            "+callbacks.interrupt._target_=interrupt.KillAtStep",
+            "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
             "+callbacks.interrupt.step=5",
             "callbacks.interrupt.step=6",
         ],
@@ -233,8 +233,8 @@ def test_predict_and_evaluate_shapes(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained model's checkpoint, saved by hand: predict needs its weights and configs, not a good model."""
-    from segkit.module import SegmentationModule
     from segkit.tasks.common import plain
+    from segkit.training.module import SegmentationModule
 
     folder = tmp_path_factory.mktemp("checkpoint")
     cfg = tiny_train_config(folder / "run")

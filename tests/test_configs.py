@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_config
-from segkit.config_checks import validate
-from segkit.trust import check_targets
+from segkit.config.checks import validate
+from segkit.config.trust import check_targets
 
 GROUPS = [
     "data",
@@ -35,7 +35,7 @@ ENTRY = {
     "browse_data": [],
     "bench": [],
 }
-VALIDATED = ("train", "evaluate", "predict", "export", "check_data")  # the tasks segkit.config_checks knows
+VALIDATED = ("train", "evaluate", "predict", "export", "check_data")  # the tasks segkit.config.checks knows
 
 
 # The groups whose options each entry config is composed with. train: every group it has; the other tasks: the
@@ -100,7 +100,7 @@ def test_wandb_run_names_say_what_was_overridden(tmp_path):
 def test_sweep_jobs_share_a_wandb_group_and_are_tagged_with_their_overrides():
     from hydra.types import RunMode
 
-    from segkit.run_names import wandb_group, wandb_tags
+    from segkit.runs.run_names import wandb_group, wandb_tags
 
     assert wandb_group("train", RunMode.RUN, "logs/train/multiruns/S") == "train"
     assert wandb_group("train", RunMode.MULTIRUN, "logs/train/multiruns/S") == "train-sweep-S"

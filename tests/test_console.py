@@ -51,7 +51,7 @@ def test_an_epoch_resumed_mid_way_reports_the_time_spent_in_it(monkeypatch, capl
     estimated from what the resumed process trained (half an epoch in 30 s)."""
     from types import SimpleNamespace
 
-    from segkit import console
+    from segkit.runs import console
 
     clock = FakeClock()
     monkeypatch.setattr(console, "time", clock)

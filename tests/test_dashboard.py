@@ -12,14 +12,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_config
-from segkit.callbacks import (
-    HPARAMS_COLUMNS,
-    HPARAMS_METRICS,
-    PredictionSamples,
-    run_hparams,
-    spread_positions,
-    validation_count,
-)
+from segkit.callbacks import PredictionSamples
+from segkit.callbacks.dashboard import HPARAMS_COLUMNS, HPARAMS_METRICS, run_hparams
+from segkit.callbacks.prediction_samples import spread_positions, validation_count
 from segkit.tasks.train import train
 
 

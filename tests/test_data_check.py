@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
-from fake_data import MEMBRANE, blocks, copy_membrane, folder_overrides, image_for, save
-from segkit.data.check import check_dataset, run_check
+from helpers.fake_data import MEMBRANE, blocks, copy_membrane, folder_overrides, image_for, save
 from segkit.data.files import DataError
+from segkit.tasks.check_data import check_dataset, run_check
 from segkit.tasks.train import train
 
 needs_membrane = pytest.mark.skipif(not MEMBRANE.is_dir(), reason="needs ../shared/datasets/isbi2012-membrane")
@@ -174,7 +174,7 @@ def test_images_of_different_sizes_in_one_batch_get_a_clear_error(tmp_path):
 
 @needs_membrane
 def test_browse_writes_what_the_model_sees(tmp_path):
-    from segkit.data.browse import browse
+    from segkit.tasks.browse_data import browse
 
     cfg = compose_config(
         "browse_data",

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
-from fake_data import MEMBRANE, THREE_CLASSES, VOC_PALETTE, blocks, folder_overrides, image_for, save
+from helpers.fake_data import MEMBRANE, THREE_CLASSES, VOC_PALETTE, blocks, folder_overrides, image_for, save
 from segkit.data.files import DataError
 
 

@@ -11,9 +11,9 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import ROOT, compose_config, run_entry
-from fake_data import THREE_CLASSES, blocks, image_for, save
-from segkit.data.check import run_check
+from helpers.fake_data import THREE_CLASSES, blocks, image_for, save
 from segkit.data.files import DataError
+from segkit.tasks.check_data import run_check
 
 IMAGE_PATTERN = "images/**/*{.png,.jpg,.jpeg,.tif,.tiff,.bmp}"
 

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from conftest import compose_config
-from fake_data import save
-from segkit.checkpoints import load_module
+from helpers.fake_data import save
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.export import export
 from segkit.tasks.predict import predict
+from segkit.training.module import load_module
 
 pytestmark = pytest.mark.slow  # every test reads the shared trained run
 

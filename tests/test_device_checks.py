@@ -1,5 +1,5 @@
 """Device settings a machine cannot run fail at start-up, naming the fix; what has one meaning here is adapted with a
-log line (segkit.device_checks). The machine's facts are passed in (`Machine(cuda_devices=...)`) or CUDA is
+log line (segkit.config.devices). The machine's facts are passed in (`Machine(cuda_devices=...)`) or CUDA is
 monkeypatched, so every GPU case is checked on CPU. Plus `data.num_workers=auto`. The CPU rehearsal of DDP
 (`trainer=ddp trainer.accelerator=cpu trainer.devices=2`) trains in test_train.py's DDP test."""
 
@@ -11,9 +11,9 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import ROOT, TINY_DATA, compose_config, run_entry
-from segkit import device_checks
-from segkit.config_checks import ConfigError, validate
-from segkit.device_checks import DeviceError, Machine, auto_num_workers, check_devices, default_pin_memory
+from segkit.config.checks import ConfigError, validate
+from segkit.config.devices import DeviceError, check_devices
+from segkit.machine import Machine, auto_num_workers, default_pin_memory
 
 CPU = dict(cuda_devices=0, mps=False, cpus=2, cpu_bf16=True, dynamo_problem=None, cpp_compiler="g++")
 A100 = dict(CPU, cuda_devices=2, gpu_name="NVIDIA A100-SXM4-80GB", gpu_capability=(8, 0), triton=True, cpus=16)
@@ -22,9 +22,8 @@ P100 = dict(A100, cuda_devices=1, gpu_name="Tesla P100-PCIE-16GB", gpu_capabilit
 
 
 @pytest.fixture(autouse=True)
-def _fresh_plan(monkeypatch):
-    """Each test starts without what an earlier check_devices planned (the processes and device of a run)."""
-    monkeypatch.setattr(device_checks, "_PLAN", {})
+def _one_process(monkeypatch):
+    """Each test starts outside any distributed launch (no torchrun or SLURM counts and ranks)."""
     for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "RANK", "LOCAL_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
 
@@ -91,7 +90,7 @@ def test_gpu_counts_the_machine_has_pass(tmp_path):
 def test_device_ids_on_cpu_are_refused_and_a_count_above_the_cores_is_warned_about(tmp_path, caplog):
     message = refused(train_cfg(tmp_path, "trainer.accelerator=cpu", "trainer.devices=[0,1]"), **CPU)
     assert "on CPU trainer.devices is a number of processes. Fix: trainer.devices=2." in message
-    with caplog.at_level(logging.WARNING, logger="segkit.device_checks"):
+    with caplog.at_level(logging.WARNING, logger="segkit.config.devices"):
         check_devices(train_cfg(tmp_path, "trainer.accelerator=cpu", "trainer.devices=3"), Machine(**CPU))
     assert "starts 3 CPU processes on 2 usable cores" in caplog.text and "Fix: trainer.devices=2" in caplog.text
 
@@ -147,7 +146,7 @@ def test_every_problem_is_listed_at_once(tmp_path):
 
 def test_sync_batchnorm_on_cpu_is_turned_off_with_one_log_line(tmp_path, caplog):
     cfg = train_cfg(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
-    with caplog.at_level(logging.INFO, logger="segkit.device_checks"):
+    with caplog.at_level(logging.INFO, logger="segkit.config.devices"):
         check_devices(cfg, Machine(**CPU))
     assert cfg.trainer.sync_batchnorm is False
     (record,) = [r for r in caplog.records if "sync_batchnorm" in r.getMessage()]
@@ -157,7 +156,7 @@ def test_sync_batchnorm_on_cpu_is_turned_off_with_one_log_line(tmp_path, caplog)
 def test_adaptations_are_said_by_the_first_process_only(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     cfg = train_cfg(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
-    with caplog.at_level(logging.INFO, logger="segkit.device_checks"):
+    with caplog.at_level(logging.INFO, logger="segkit.config.devices"):
         check_devices(cfg, Machine(**CPU))
     assert cfg.trainer.sync_batchnorm is False and caplog.records == []
 
@@ -165,7 +164,7 @@ def test_adaptations_are_said_by_the_first_process_only(tmp_path, caplog, monkey
 @pytest.mark.parametrize("trainer", ["gpu", "ddp"])
 def test_a_gpu_without_native_bf16_gets_16_mixed(tmp_path, caplog, trainer):
     cfg = train_cfg(tmp_path, f"trainer={trainer}")
-    with caplog.at_level(logging.INFO, logger="segkit.device_checks"):
+    with caplog.at_level(logging.INFO, logger="segkit.config.devices"):
         check_devices(cfg, Machine(**T4))
     assert cfg.trainer.precision == "16-mixed"
     assert (
@@ -177,7 +176,7 @@ def test_a_gpu_without_native_bf16_gets_16_mixed(tmp_path, caplog, trainer):
 
 def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_not_refused(tmp_path, caplog):
     cfg = train_cfg(tmp_path, "trainer.precision=bf16-mixed")
-    with caplog.at_level(logging.WARNING, logger="segkit.device_checks"):
+    with caplog.at_level(logging.WARNING, logger="segkit.config.devices"):
         check_devices(cfg, Machine(**dict(CPU, cpu_bf16=False)))
     assert cfg.trainer.precision == "bf16-mixed"
     assert "without bf16 instructions" in caplog.text and "Fix: trainer.precision=32-true" in caplog.text
@@ -235,21 +234,17 @@ def test_evaluate_and_predict_check_devices_before_reading_anything(tmp_path, sc
 # ---------------------------------------------------------------------------------------- data.num_workers=auto
 
 
-def test_auto_workers_follow_the_cpus_per_process(tmp_path, monkeypatch):
+def test_auto_workers_follow_the_cpus_per_process(monkeypatch):
     machine = Machine(**dict(A100, cpus=16, cuda_devices=4))
-    check_devices(train_cfg(tmp_path, "trainer=gpu"), machine)
-    assert auto_num_workers(machine) == 8  # 16 CPUs for one process: at most 8
-    check_devices(train_cfg(tmp_path, "trainer=ddp"), machine)
-    assert auto_num_workers(machine) == 4  # every GPU (4 processes) shares 16 CPUs
-    check_devices(train_cfg(tmp_path, "trainer=ddp", "trainer.devices=2"), machine)
-    assert auto_num_workers(machine) == 8 and default_pin_memory()
+    assert auto_num_workers(machine, processes=1, gpu=True) == 8  # 16 CPUs for one process: at most 8
+    assert auto_num_workers(machine, processes=4, gpu=True) == 4  # every GPU (4 processes) shares 16 CPUs
+    assert auto_num_workers(machine, processes=2, gpu=True) == 8 and default_pin_memory(gpu=True)
+    assert auto_num_workers(machine) == 8  # no run said: one process, on the GPU the machine has
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun's own count wins
-    assert auto_num_workers(machine) == 2
+    assert auto_num_workers(machine, processes=2, gpu=True) == 2
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    check_devices(train_cfg(tmp_path, "trainer.accelerator=cpu"), machine)
-    assert auto_num_workers(machine) == 2 and not default_pin_memory()  # a CPU run keeps its cores for the model
-    check_devices(train_cfg(tmp_path, "trainer.accelerator=cpu", "trainer.devices=2"), Machine(**dict(CPU, cpus=2)))
-    assert auto_num_workers(Machine(**dict(CPU, cpus=2))) == 0  # one CPU a process: load in the main process
+    assert auto_num_workers(machine, processes=1, gpu=False) == 2 and not default_pin_memory(gpu=False)  # a CPU run
+    assert auto_num_workers(Machine(**dict(CPU, cpus=2)), processes=2, gpu=False) == 0  # one CPU a process: none
 
 
 def test_num_workers_auto_is_accepted_kept_and_resolved_by_the_datamodule(tmp_path):
@@ -266,15 +261,25 @@ def test_num_workers_auto_is_accepted_kept_and_resolved_by_the_datamodule(tmp_pa
         validate(compose_config("train", ["data.num_workers=many"], tmp_path), "train")
 
 
-def test_a_gpu_run_loads_into_pinned_memory_with_persistent_workers(tmp_path, monkeypatch):
-    """What the datamodule gives a run check_devices planned on a GPU (here pretended: nothing is iterated)."""
-    monkeypatch.setattr(device_checks, "_PLAN", {"gpu": True, "processes": 1})
+@pytest.mark.parametrize("accelerator,devices", [("gpu", 1), ("cpu", 2)])
+def test_the_datamodule_loads_for_the_processes_and_device_of_its_trainer(tmp_path, accelerator, devices):
+    """What the datamodule gives the Trainer it is attached to, e.g. one on a GPU (here pretended: nothing is
+    iterated) or a CPU rehearsal of DDP with 2 processes: the CPUs split between the Trainer's processes, pinned
+    memory exactly when they train on CUDA. Told by Lightning's own Trainer, which check_devices checked."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
     datamodule = instantiate(train_cfg(tmp_path, *TINY_DATA, "data.num_workers=auto").data)
-    cpus = Machine().cpus
-    assert datamodule.num_workers == (min(8, cpus) if cpus >= 2 else 0)
+    gpu = accelerator == "gpu"
+    kind = CUDAAccelerator() if gpu else CPUAccelerator()
+    datamodule.trainer = SimpleNamespace(num_devices=devices, accelerator=kind)
     datamodule.setup("fit")
+    assert datamodule.num_workers == auto_num_workers(processes=devices, gpu=gpu)
+    cpus = Machine().cpus
+    assert datamodule.num_workers == (min(8 if gpu else 2, cpus // devices) if cpus // devices >= 2 else 0)
     loader = datamodule.train_dataloader()
-    assert loader.pin_memory and loader.persistent_workers == (loader.num_workers > 0)
+    assert loader.pin_memory == gpu and loader.persistent_workers == (loader.num_workers > 0)
 
 
 def test_lightning_copies_batches_to_a_gpu_without_blocking():

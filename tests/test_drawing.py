@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from segkit.drawing import IGNORE_COLOUR, colorize, ignore_colour, legend, overlay, sample_panel, to_rgb
+from segkit.reports.drawing import IGNORE_COLOUR, colorize, ignore_colour, legend, overlay, sample_panel, to_rgb
 
 PALETTE = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
 

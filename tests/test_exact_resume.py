@@ -10,12 +10,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-import soak
 import torch
 import yaml
 
 from conftest import ROOT, compose_config, run_entry, run_script
-from segkit.stop import StopAndSave
+from helpers import soak
+from segkit.runs.stop import StopAndSave
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.train import train
 
@@ -31,7 +31,7 @@ def dataset(tmp_path_factory):
 
 def overrides(root: Path) -> list[str]:
     """The soak script's run, 2 epochs, with the test's interrupting callbacks trusted."""
-    return [*soak.overrides(root, epochs=2), "trusted_modules=[interrupt]"]
+    return [*soak.overrides(root, epochs=2), "trusted_modules=[helpers.interrupt]"]
 
 
 def metrics_csv(run: Path) -> str:
@@ -72,7 +72,7 @@ def test_a_stop_saves_where_it_lands_and_resumes_exactly(dataset, uninterrupted,
     run_args = overrides(dataset) + (periodic(every) if every else [])
     run = as_run(tmp_path / "run", run_args)
     kill = [
-        "+callbacks.interrupt._target_=interrupt.KillAtStep",
+        "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
         f"+callbacks.interrupt.step={stop_at}",
         f"+callbacks.interrupt.signum={int(signum)}",
     ]
@@ -93,8 +93,11 @@ def test_a_stop_saves_where_it_lands_and_resumes_exactly(dataset, uninterrupted,
 @pytest.mark.parametrize(
     "kill",
     [
-        ["+callbacks.interrupt._target_=interrupt.KillInValidation", "+callbacks.interrupt.epoch=0"],
-        ["+callbacks.interrupt._target_=interrupt.KillAtStep", f"+callbacks.interrupt.step={STEPS_PER_EPOCH + 1}"],
+        ["+callbacks.interrupt._target_=helpers.interrupt.KillInValidation", "+callbacks.interrupt.epoch=0"],
+        [
+            "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
+            f"+callbacks.interrupt.step={STEPS_PER_EPOCH + 1}",
+        ],
     ],
     ids=["in-its-validation", "after-its-end-was-logged"],
 )
@@ -125,7 +128,7 @@ def test_sigkill_after_a_save_in_an_epochs_last_batch_resumes_into_its_validatio
 
 def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninterrupted, tmp_path):
     """SIGKILL (no clean-up) after the second epoch's checkpoints, before its training scores are logged; W&B on."""
-    kill = ["+callbacks.interrupt._target_=interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=1"]
+    kill = ["+callbacks.interrupt._target_=helpers.interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=1"]
     run_args = [("logger=wandb" if o == "logger=csv" else o) for o in overrides(dataset)]
     proc = run_script(str(ROOT / "train.py"), *run_args, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
@@ -173,12 +176,12 @@ def test_last_after_an_early_kill_and_a_finished_run_touch_no_run(tmp_path):
         "data.num_val=4",
         "data.image_size=[32,32]",
         "data.batch_size=4",
-        "trusted_modules=[interrupt]",
+        "trusted_modules=[helpers.interrupt]",
     ]
     proc = run_entry(str(ROOT / "train.py"), "model=fcn", *tiny, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (finished,) = (tmp_path / "logs" / "train" / "runs").iterdir()
-    kill = ["+callbacks.interrupt._target_=interrupt.KillAtStep", "+callbacks.interrupt.step=1"]
+    kill = ["+callbacks.interrupt._target_=helpers.interrupt.KillAtStep", "+callbacks.interrupt.step=1"]
     proc = run_script(str(ROOT / "train.py"), *tiny, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL  # before its first checkpoint
     runs = set((tmp_path / "logs" / "train" / "runs").iterdir())

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 
 from conftest import CONF, ROOT, TINY_DATA, compose_with_hydra, run_entry
-from segkit import sweeps
+from segkit.reports import sweeps
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from conftest import compose_config
-from segkit.inference import Inference, build_inference
-from segkit.tasks.train import build_module
+from segkit.training.inference import Inference, build_inference
+from segkit.training.module import build_module
 
 
 @pytest.fixture(scope="module")

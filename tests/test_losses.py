@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segkit.losses import CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum
+from segkit.training.losses import CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum
 
 IGNORE = 255
 
@@ -153,8 +153,8 @@ def test_dice_reads_no_tensor_on_the_host(monkeypatch):
 def test_a_training_step_loss_never_waits_for_the_gpu(tiny_train_cfg, loss):
     """Forward, loss, backward and the confusion-matrix update of a training step, with torch refusing any
     device-to-host sync (torch.cuda.set_sync_debug_mode("error") raises on one)."""
-    from segkit.metrics import class_ids
-    from segkit.tasks.train import build_module
+    from segkit.training.metrics import class_ids
+    from segkit.training.module import build_module
 
     module = build_module(tiny_train_cfg(f"loss={loss}")).cuda().train()
     images = torch.rand(2, 3, 40, 56, device="cuda")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.metrics import confusion_metric, named_scores, scores_from_confusion
+from segkit.training.metrics import confusion_metric, named_scores, scores_from_confusion
 
 IGNORE = 255
 

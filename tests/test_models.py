@@ -1,4 +1,5 @@
-import functools
+"""The models beyond what every decoder shares (tests/test_decoders.py): FCN's variants and skips, UNet's widths,
+transposed upsampling, and the backbone's names, weights files and normalisation."""
 
 import pytest
 import timm
@@ -13,34 +14,10 @@ from segkit.models.layers import Upsample
 RESNET = {"name": "resnet18"}
 
 
-@functools.cache
-def built(model_cls, num_classes: int, in_channels: int = 3):
-    """One network per (class, classes, channels), shared by the shape tests, which only run it in eval mode."""
-    return model_cls(RESNET, num_classes=num_classes, in_channels=in_channels)
-
-
 def logits_shape(model, batch, channels, h, w):
     model.eval()
     with torch.no_grad():
         return tuple(model(torch.rand(batch, channels, h, w)).shape)
-
-
-@pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (33, 95), (17, 31)])
-@pytest.mark.parametrize("model_cls", [FCN, UNet])
-def test_logits_have_input_size_for_odd_sizes(model_cls, h, w):
-    assert logits_shape(built(model_cls, 5), 2, 3, h, w) == (2, 5, h, w)
-
-
-@pytest.mark.parametrize("channels", [1, 4])  # 3: every other test
-@pytest.mark.parametrize("model_cls", [FCN, UNet])
-def test_any_number_of_input_channels(model_cls, channels):
-    assert logits_shape(built(model_cls, 3, channels), 2, channels, 45, 61) == (2, 3, 45, 61)
-
-
-def test_wrong_channel_count_is_a_clear_error():
-    model = built(UNet, 3, 1)
-    with pytest.raises(ValueError, match="data.in_channels"):
-        model(torch.rand(1, 3, 32, 32))
 
 
 # Each variant, each upsampling mode, and the variant with the most upsampling (8s) in both modes.
@@ -63,14 +40,6 @@ def test_fcn_skip_scores_start_at_zero_and_feed_the_output():
         before = fcn8(x)
         fcn8.decoder.skip_scores[-1].bias.fill_(1.0)  # the stride-8 skip
         assert not torch.allclose(fcn8(x), before, atol=1e-3)
-
-
-@pytest.mark.parametrize(
-    "backbone,upsample", [("resnet18", "transposed"), ("efficientnet_b0", "bilinear"), ("convnext_tiny", "transposed")]
-)
-def test_unet_on_backbones_with_different_strides(backbone, upsample):
-    model = UNet({"name": backbone}, num_classes=2, upsample=upsample)
-    assert logits_shape(model, 2, 3, 41, 67) == (2, 2, 41, 67)
 
 
 def test_unet_decoder_width_count_must_match_backbone_depth():

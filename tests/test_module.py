@@ -8,8 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from segkit.module import SegmentationModule
-from segkit.tasks.train import build_module
+from segkit.training.module import SegmentationModule, build_module
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

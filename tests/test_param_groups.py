@@ -7,9 +7,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segkit.param_groups import ParamGroupsError, build_optimizer, check_param_groups
-from segkit.schedules import poly
-from segkit.tasks.train import build_module
+from segkit.training.module import build_module
+from segkit.training.param_groups import ParamGroupsError, build_optimizer, check_param_groups
+from segkit.training.schedules import poly
 
 TINY_VIT = ["backbone.name=vit_tiny_patch16_224", "+backbone.depth=4"]
 TINY_SWIN = [
@@ -130,7 +130,7 @@ def test_settings_a_network_cannot_take_fail_at_start_up(tiny_train_cfg):
 
 
 def test_the_module_gives_its_optimizer_these_groups(tiny_train_cfg):
-    """SegmentationModule.configure_optimizers builds the optimizer through segkit.param_groups."""
+    """SegmentationModule.configure_optimizers builds the optimizer through segkit.training.param_groups."""
     cfg = tiny_train_cfg(
         *TINY_VIT, "optimizer=adamw_finetune", "optimizer.param_groups.layer_decay=0.5", "scheduler=none"
     )

@@ -1,5 +1,5 @@
 """The default run writes `last.ckpt` mid-epoch every 30 minutes of training, so that a SIGKILL loses at most that
-much however long an epoch is (segkit.periodic_checkpoint); checked on a simulated clock."""
+much however long an epoch is (segkit.callbacks.PeriodicCheckpoint); checked on a simulated clock."""
 
 from datetime import timedelta
 
@@ -9,7 +9,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, model_checkpoint
 
 from conftest import compose_config
-from segkit.periodic_checkpoint import PeriodicCheckpoint, as_timedelta
+from segkit.callbacks.periodic_checkpoint import PeriodicCheckpoint, as_timedelta
 from segkit.tasks import common
 from segkit.tasks.train import train
 

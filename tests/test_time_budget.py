@@ -1,5 +1,5 @@
 """Time budgets: with trainer.max_time the learning-rate schedule decays by the time used as well as by steps, and a
-run stopped by its budget ends at the schedule's final rate (segkit.schedules, segkit.callbacks.TimeBudget)."""
+run stopped by its budget ends at the schedule's final rate (segkit.training.schedules, segkit.callbacks.TimeBudget)."""
 
 import csv
 import itertools
@@ -8,8 +8,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import timer as timer_module
 
-from segkit.schedules import cosine, poly
 from segkit.tasks.train import train
+from segkit.training.schedules import cosine, poly
 
 
 def schedule(make, total_steps=100, **kwargs):

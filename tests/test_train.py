@@ -200,10 +200,10 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
 
 def test_two_process_ddp_on_cpu_stops_together_resumes_and_agrees_across_ranks_and_with_one_process(tmp_path):
     sigterm = [
-        "+callbacks.interrupt._target_=interrupt.KillAtStep",
+        "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
         "+callbacks.interrupt.step=2",
         "+callbacks.interrupt.signum=15",
-        "trusted_modules=[interrupt]",
+        "trusted_modules=[helpers.interrupt]",
         "callbacks.periodic_checkpoint.every_n_train_steps=2",
     ]  # in the epoch's last batch (2 steps an epoch), where a periodic save lands too
     proc = run_script(

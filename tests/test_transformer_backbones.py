@@ -1,4 +1,5 @@
-"""Every backbone family x every decoder: logits at odd sizes with 1 and 3 channels, back-propagation, the plain
+"""Every backbone family x every decoder (tests/helpers/decoders.py; what each decoder must do on resnet18 is
+tests/test_decoders.py's): logits at odd sizes with 1 and 3 channels, back-propagation, the plain
 ViT's pyramid and the strides FCN really fuses, channels-last features, padding rules, start-up errors, the
 oneDNN crash FastViT hit under channels-last, and exporting a backbone that pads for one size.
 
@@ -12,20 +13,18 @@ import pytest
 import timm
 import torch
 
-from segkit.models import FCN, SegFormer, UNet, UnsupportedBackboneError, UPerNet
+from helpers.decoders import DECODERS
+from segkit.models import UNet, UnsupportedBackboneError
 from segkit.models.backbone import Backbone, SubsampledConv1x1, _sidestep_onednn_1x1_stride_crash
 from segkit.models.fcn import FCNDecoder
 from segkit.models.layers import ceil_div
 from segkit.models.pyramid import evenly_spaced_blocks
-from segkit.models.segformer import SegFormerDecoder
 from segkit.models.unet import UNetDecoder
-from segkit.models.upernet import UPerNetDecoder
 
 TINY_SWIN = {"name": "swin_tiny_patch4_window7_224", "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
 TINY_VIT16 = {"name": "vit_tiny_patch16_224", "depth": 4}
 TINY_VIT14 = {"name": "vit_small_patch14_dinov2", "depth": 4, "embed_dim": 96, "num_heads": 2}
-FAMILIES = {
-    "resnet18": {"name": "resnet18"},
+FAMILIES = {  # resnet18 with every decoder: tests/test_decoders.py
     "efficientnet_b0": {"name": "efficientnet_b0"},
     "convnext_atto": {"name": "convnext_atto"},
     "swin": TINY_SWIN,  # channels-last (NHWC) features, padded to a multiple of its patch (4)
@@ -47,16 +46,8 @@ SIZE_RULES = {
 NUM_CLASSES = 3
 
 
-def unet_widths(strides):
-    return [max(8, 64 // 2**i) for i in range(strides[-1].bit_length() - 1)]
-
-
-DECODERS = {
-    "fcn": lambda c, s: FCNDecoder(c, s, NUM_CLASSES, variant="8s", head_channels=32),
-    "unet": lambda c, s: UNetDecoder(c, s, NUM_CLASSES, decoder_channels=unet_widths(s)),
-    "upernet": lambda c, s: UPerNetDecoder(c, s, NUM_CLASSES, decoder_channels=32),
-    "segformer": lambda c, s: SegFormerDecoder(c, s, NUM_CLASSES, embed_dim=32),
-}
+# The decoders every decoder test runs through (tests/helpers/decoders.py), by name.
+HEADS = {decoder.name: decoder for decoder in DECODERS}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,15 +75,15 @@ def shells():
 
 
 # Every family with every decoder on RGB; every family on one channel with one decoder (each decoder in turn).
-CASES = [(f, d, 3) for f in FAMILIES for d in DECODERS] + [
-    (f, list(DECODERS)[i % len(DECODERS)], 1) for i, f in enumerate(FAMILIES)
+CASES = [(f, d, 3) for f in FAMILIES for d in HEADS] + [
+    (f, list(HEADS)[i % len(HEADS)], 1) for i, f in enumerate(FAMILIES)
 ]
 
 
 @pytest.mark.parametrize("family,decoder,channels", CASES)
 def test_every_family_and_decoder_gives_logits_of_the_input_size_and_backpropagates(shells, family, decoder, channels):
     net = shells(family, channels)
-    net.decoder = DECODERS[decoder](net.backbone.channels, net.backbone.strides)
+    net.decoder = HEADS[decoder].head(net.backbone.channels, net.backbone.strides, NUM_CLASSES)
     net.train()
     net.zero_grad(set_to_none=True)
     logits = net(torch.rand(2, channels, 50, 70))
@@ -116,13 +107,6 @@ def test_other_odd_sizes_and_the_size_rule(shells, family):
     with torch.no_grad():
         for h, w in [(33, 47), (17, 95)]:
             assert net(torch.rand(1, 3, h, w)).shape == (1, NUM_CLASSES, h, w)
-
-
-def test_the_public_models_build_their_decoders():
-    for cls in (FCN, UNet, UPerNet, SegFormer):
-        net = cls(TINY_VIT14, num_classes=2, in_channels=1).eval()
-        with torch.no_grad():
-            assert net(torch.rand(1, 1, 45, 61)).shape == (1, 2, 45, 61)
 
 
 def test_swin_features_come_channels_last_and_are_transposed(shells):
@@ -243,7 +227,7 @@ def test_a_padding_backbone_exports_for_one_size_and_matches_pytorch(tiny_train_
 
     from conftest import compose_config
     from segkit.tasks.export import export
-    from segkit.tasks.train import build_module
+    from segkit.training.module import build_module
 
     module = build_module(tiny_train_cfg("model=segformer", "backbone.name=vit_tiny_patch16_224", "+backbone.depth=2"))
     path = tmp_path / "vit.ckpt"

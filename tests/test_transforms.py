@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from conftest import compose_config
-from fake_data import blocks, folder_overrides, image_for, save
+from helpers.fake_data import blocks, folder_overrides, image_for, save
 from segkit.data.transforms import CatMaxRatioCrop, SeededPipeline
 
 

@@ -15,16 +15,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import compose_config, tiny_train_config
-from fake_data import save
-from segkit.checkpoints import CheckpointError, load_module
-from segkit.module import SegmentationModule
+from helpers.fake_data import save
+from segkit.config.trust import UntrustedTargetError, check_target, check_targets
+from segkit.runs.checkpoints import CheckpointError
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.export import export
 from segkit.tasks.predict import predict
-from segkit.tasks.train import build_module
-from segkit.trust import UntrustedTargetError, check_target, check_targets
+from segkit.training.module import SegmentationModule, build_module, load_module
 
-WRITE_JSON = "segkit.atomic.write_json"  # the project's own functions write files too
+WRITE_JSON = "segkit.runs.atomic.write_json"  # the project's own functions write files too
 TASKS = {"evaluate": evaluate, "predict": predict, "export": export}
 
 
@@ -104,7 +103,7 @@ def _instantiator(hp, m):
 
 def _interpolation(hp, m):
     hp["loss"]["losses"]["ce"] = f"${{oc.create:{{_target_:numpy.save,file:'{m}',arr:[1]}}}}"
-    return {"_target_": "segkit.losses.WeightedSum", "losses": {"ce": hp["loss"]["losses"]["ce"]}}
+    return {"_target_": "segkit.training.losses.WeightedSum", "losses": {"ce": hp["loss"]["losses"]["ce"]}}
 
 
 CASES = {
@@ -203,10 +202,10 @@ def test_lightning_loader_is_segkits_and_refuses_too(crafted):
         "torch.nn.Module.__init__",  # an attribute of a class
         "segkit.models.UNet.register_forward_hook",
         "torch.nn.functional.relu",  # a function of a trusted module
-        "segkit.data.check.run_check",  # a function of a trusted module
-        "segkit.losses.nn",  # a module
+        "segkit.data.datamodule.run_splits",  # a function of a trusted module
+        "segkit.training.losses.nn",  # a module
         "segkit.models.backbone.Path",  # pathlib.Path, imported into a trusted module
-        "segkit.schedules._with_warmup",  # only the listed schedules of segkit.schedules
+        "segkit.training.schedules._with_warmup",  # only the listed schedules of segkit.training.schedules
         "segkit.models.NoSuchModel",
     ],
 )
@@ -223,7 +222,7 @@ def test_untrusted_modules_are_never_imported():
 
 
 def test_interpolations_are_checked_as_hydra_resolves_them():
-    payload = {"_target_": "segkit.losses.WeightedSum", "losses": {"ce": "${oc.create:{_target_:torch.save}}"}}
+    payload = {"_target_": "segkit.training.losses.WeightedSum", "losses": {"ce": "${oc.create:{_target_:torch.save}}"}}
     with pytest.raises(UntrustedTargetError, match=r"losses\.ce\._target_ = \"torch.save\""):
         check_targets(payload, source="test")
     with pytest.raises(UntrustedTargetError, match="holds no interpolations"):
@@ -237,7 +236,7 @@ def user_package(tmp_path, monkeypatch) -> str:
     package = tmp_path / "site" / name
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(
-        "from segkit.losses import CrossEntropyLoss\n\n\nclass MyLoss(CrossEntropyLoss):\n    pass\n"
+        "from segkit.training.losses import CrossEntropyLoss\n\n\nclass MyLoss(CrossEntropyLoss):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     yield name

@@ -33,13 +33,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
-from segkit.atomic import atomic_write_text, write_json
 from segkit.bench.measure import peak_memory_mb, reset_peak_memory
 from segkit.bench.model import FIGURES, FixedBatches, measure_bare, measure_inference, measure_lightning
+from segkit.bench.summary import summarize
+from segkit.config.hydra_setup import CONFIG_DIR, register_resolvers
 from segkit.data.dataset import collate
-from segkit.device_checks import Machine
-from segkit.hydra_setup import CONFIG_DIR, register_resolvers
-from segkit.tasks.train import build_module
+from segkit.machine import Machine
+from segkit.runs.atomic import atomic_write_text, write_json
+from segkit.training.module import build_module
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s, bf16 with fp32 accumulation, or fp16 on GPUs without bf16;
 # matched against the lower-case device name, first match wins. From NVIDIA's datasheets (the A10G's is the A10's:
@@ -343,10 +344,8 @@ def measure_suite(cfg: DictConfig, device: torch.device, output_dir: Path, machi
 
 
 def _summarize(row: dict[str, Any]) -> dict[str, Any]:
-    """Each figure's repeats as the median, min, max and the list (segkit.bench.run.summarize); a figure with no
+    """Each figure's repeats as the median, min, max and the list (segkit.bench.summary.summarize); a figure with no
     value (skipped, failed) as None."""
-    from segkit.bench.run import summarize
-
     empty = [key for key in FIGURES if not row.get(key)]
     flat = summarize([{k: v for k, v in row.items() if k not in empty}], "model")[0]
     return flat | {key: None for key in empty}

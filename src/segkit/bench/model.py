@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from segkit.bench.measure import StepTimer, autocast, peak_memory_mb, reset_peak_memory
 from segkit.data.dataset import collate
-from segkit.param_groups import build_optimizer
-from segkit.tasks.train import build_module
+from segkit.training.module import build_module
+from segkit.training.param_groups import build_optimizer
 
 # What each setting measures, once per repeat.
 FIGURES = ("train_img_s", "bare_img_s", "overhead_pct", "infer_img_s", "train_peak_mb", "bare_peak_mb", "infer_peak_mb")

@@ -10,12 +10,14 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from segkit.data.dataset import collate
 from segkit.data.files import DataError
 from segkit.data.sampling import EpochSampler
+from segkit.machine import default_pin_memory, resolve_num_workers
 
 SPLITS = ("train", "val", "test")
 # The splits each Lightning stage loads.
@@ -30,9 +32,43 @@ def run_splits(stage: str | None, test: bool = False) -> tuple[str, ...]:
     return splits + ("test",) if stage == "fit" and test and "test" not in splits else splits
 
 
+def loader_settings(num_workers: int | str, pin_memory: bool | None, trainer: Any = None) -> tuple[int, bool]:
+    """(workers, pinned memory) of this process's loaders from `data.num_workers` and `data.pin_memory`: "auto"
+    workers and unset pinning follow `trainer` (its processes on this machine, and whether they train on CUDA GPUs),
+    or without one a single process on whatever this machine has (segkit.machine)."""
+    processes, gpu = 1, None
+    if trainer is not None:
+        processes, gpu = trainer.num_devices, isinstance(trainer.accelerator, CUDAAccelerator)
+    workers = resolve_num_workers(num_workers, processes=processes, gpu=gpu)
+    return workers, default_pin_memory(gpu) if pin_memory is None else pin_memory
+
+
 class SegDataModule(L.LightningDataModule):
-    """Subclasses implement `make_dataset(split)`, returning items `{"image": float (C,H,W) in [0,1],
-    "mask": long (H,W)}`; everything else (loaders, workers, class facts) lives here."""
+    """What every dataset shares: the class facts, the loaders (their workers, shuffling and augmentation seeds that
+    resume exactly) and the splits a run loads. Subclasses implement `make_dataset(split)`, returning items
+    `{"image": float (C,H,W) in [0,1], "mask": long (H,W)}`; everything else lives here.
+
+    Args:
+        num_classes: how many classes, at least 2: the one place a run's class facts are defined (model, loss and
+            metric configs interpolate `${data.num_classes}` and the rest).
+        class_names: one name per class.
+        palette: one RGB colour per class (masks written, pictures drawn).
+        in_channels: channels of the images.
+        ignore_index: mask value of pixels that count for nothing (void, padding).
+        batch_size: training batch size.
+        eval_batch_size: validation and test batch size (default: `batch_size`).
+        num_workers: loader processes, or "auto": this machine's usable CPUs split between the training processes
+            of the Trainer the datamodule is attached to, at most 8 each (2 on a CPU run; segkit.machine).
+        pin_memory: page-locked batches; None: when the Trainer trains on CUDA GPUs.
+        crop_size: (H, W) of training images (the crop the augmentation pipelines take).
+
+    Example:
+        >>> from segkit.data import SegDataModule
+        >>> class Mine(SegDataModule):
+        ...     def make_dataset(self, split):
+        ...         return my_dataset(split)  # items {"image": (C, H, W) in [0, 1], "mask": (H, W) class ids}
+        >>> Mine(num_classes=2, class_names=["bg", "fg"], palette=[[0, 0, 0], [255, 255, 255]])  # doctest: +SKIP
+    """
 
     def __init__(
         self,
@@ -47,7 +83,6 @@ class SegDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         crop_size: Sequence[int] | None = None,
     ) -> None:
-        """`crop_size` (H, W): the size of training images (the crop the augmentation pipelines take)."""
         super().__init__()
         if len(class_names) != num_classes or len(palette) != num_classes:
             raise ValueError(
@@ -61,12 +96,11 @@ class SegDataModule(L.LightningDataModule):
         self.ignore_index = ignore_index
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        from segkit.device_checks import default_pin_memory, resolve_num_workers
-
-        # "auto": the machine's usable CPUs split between its training processes (segkit.device_checks); batches
-        # in pinned memory when training on a CUDA GPU, copied with non_blocking=True (Lightning's batch_to_device).
-        self.num_workers = resolve_num_workers(num_workers)
-        self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory
+        # "auto": the machine's usable CPUs split between its training processes (segkit.machine); batches in pinned
+        # memory when training on a CUDA GPU, copied with non_blocking=True (Lightning's batch_to_device). Decided here
+        # for one process, and again in `setup` for the Trainer the datamodule is attached to.
+        self._loader_config = (num_workers, pin_memory)
+        self.num_workers, self.pin_memory = loader_settings(num_workers, pin_memory)
         self.crop_size = list(crop_size) if crop_size else None
         self.datasets: dict[str, Dataset] = {}
         # Set by train.py from its `test` key: fitting then sets up (and verifies) the test split too, so a missing
@@ -80,6 +114,8 @@ class SegDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:  # the run's processes on this machine and their device: its Trainer's
+            self.num_workers, self.pin_memory = loader_settings(*self._loader_config, trainer=self.trainer)
         for split in run_splits(stage, self.test_after_fit):
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)

@@ -23,8 +23,34 @@ MAX_PROBLEMS_SHOWN = 12
 
 
 class FileDataModule(SegDataModule):
-    """What every on-disk layout shares: mask encoding, augmentation pipelines and the start-up check.
-    Subclasses implement `find_samples(split) -> (samples, problems)`."""
+    """What every on-disk layout shares: mask encoding, augmentation pipelines and the start-up check of every
+    file (a broken dataset stops a run before it trains, naming each file). Subclasses implement
+    `find_samples(split) -> (samples, problems)`; `FolderDataModule` and `ListFileDataModule` are two.
+
+    Args:
+        root: the dataset's folder.
+        mask_encoding: how stored mask values become class ids: "index" (the value is the class id), "values"
+            (`mask_values[i]` is stored for class i), "label_map" (a table stored id -> class id or ignore_index)
+            or "rgb" (`mask_colors`, or the palette, one colour per class).
+        mask_values: for "values", e.g. [0, 255].
+        label_map: for "label_map", every stored id listed.
+        mask_colors: for "rgb" (default: the palette).
+        ignore_color: for "rgb", the colour of ignored pixels.
+        reduce_zero_label: for "index", 0 becomes ignored and the rest shift down by one (ADE20K).
+        train_transforms: the training pipeline (albumentations configs, `${augment.train}`).
+        eval_transforms: the validation and test pipeline (`${augment.eval}`).
+        image_max_value: integer images are scaled by their dtype's range; set e.g. 4095 for 12-bit data.
+        repeat: the train split listed that many times per epoch (small datasets: more random crops between
+            validations).
+        verify: the start-up check: "quick" (pairs and headers of every file, some decoded), "full" or "off".
+        **common: `SegDataModule`'s arguments (class facts, batch sizes, workers, `crop_size`).
+
+    Example:
+        >>> from segkit.data import FileDataModule
+        >>> class Pairs(FileDataModule):
+        ...     def find_samples(self, split):
+        ...         return my_pairs(self.root, split), []  # [Sample(image, mask, key)], problems
+    """
 
     def __init__(
         self,
@@ -42,8 +68,6 @@ class FileDataModule(SegDataModule):
         verify: str = "quick",
         **common: Any,
     ) -> None:
-        """`repeat` lists the train split that many times per epoch (small datasets: more random crops between
-        validations)."""
         super().__init__(**common)
         if verify not in VERIFY_MODES:
             raise ValueError(f"data.verify={verify!r} is not one of {VERIFY_MODES}.")

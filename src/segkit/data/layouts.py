@@ -56,7 +56,27 @@ class FolderDataModule(FileDataModule):
       appended to them (`images` -> `images/<name>`);
     - lists: a text file (relative to root) of keys, one per line (VOC's ImageSets);
     - ratio: a fraction of all pairs, drawn with `split_seed` (e.g. {train: 0.8, val: 0.2}).
-    A split missing from `splits` (or null) is empty."""
+    A split missing from `splits` (or null) is empty. `data=folder` in a config (and voc, cityscapes, ade20k).
+
+    Args:
+        root: the dataset's folder.
+        image_dir: the images' folder under root (`{split}` in it is replaced by the split's folder).
+        mask_dir: the masks' folder under root (likewise).
+        image_suffix: the images' file endings (one, or several).
+        mask_suffix: the masks' file ending.
+        split_by: "folders", "lists" or "ratio" (above).
+        splits: what each split is, by split_by: {train: ..., val: ..., test: ...}.
+        split_seed: the draw of split_by=ratio.
+        **kwargs: `FileDataModule`'s arguments (mask encoding, pipelines, check) and `SegDataModule`'s.
+
+    Example:
+        >>> from segkit.data import FolderDataModule
+        >>> data = FolderDataModule(
+        ...     root="my_data", splits={"train": 0.8, "val": 0.2}, num_classes=2, class_names=["bg", "cell"],
+        ...     palette=[[0, 0, 0], [255, 255, 255]], mask_encoding="values", mask_values=[0, 255],
+        ... )  # doctest: +SKIP
+        >>> data.setup("fit")  # doctest: +SKIP
+    """
 
     def __init__(
         self,
@@ -293,7 +313,21 @@ def _ratio_split(keys: dict[str, Path], ratios: Mapping[str, Any], split: str, s
 
 class ListFileDataModule(FileDataModule):
     """List files with `image_path mask_path` per line (CamVid/SegNet), paths relative to `root` (or absolute).
-    `strip_prefix` removes a prefix baked into the lists, e.g. SegNet's `/SegNet/CamVid/`."""
+    `data=lists` in a config (and camvid).
+
+    Args:
+        root: the dataset's folder.
+        lists: the list file of each split, relative to root: {train: train.txt, val: val.txt, test: null}.
+        strip_prefix: removed from the start of every listed path, e.g. SegNet's `/SegNet/CamVid/`.
+        **kwargs: `FileDataModule`'s arguments (mask encoding, pipelines, check) and `SegDataModule`'s.
+
+    Example:
+        >>> from segkit.data import ListFileDataModule
+        >>> data = ListFileDataModule(
+        ...     root="CamVid", lists={"train": "train.txt", "val": "val.txt"}, strip_prefix="/SegNet/CamVid/",
+        ...     num_classes=12, class_names=[...], palette=[...], ignore_index=11,
+        ... )  # doctest: +SKIP
+    """
 
     def __init__(self, root: str, lists: Mapping[str, str] | None = None, strip_prefix: str = "", **kwargs: Any):
         super().__init__(root=root, **kwargs)

@@ -98,6 +98,31 @@ def _shape(kind: str, u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Gen
 
 
 class SyntheticDataModule(SegDataModule):
+    """The default dataset (`data=synthetic`): discs, squares and triangles drawn on the fly in random colours and
+    textures, deterministic for a seed; nothing on disk, no download.
+
+    Args:
+        num_train: training images.
+        num_val: validation images.
+        num_test: test images.
+        image_size: (H, W) of every image.
+        max_objects: at most this many shapes an image.
+        noise: the standard deviation of the Gaussian noise added.
+        seed: the draw (the splits are drawn apart from it).
+        **common: `SegDataModule`'s arguments; num_classes from 2 (background and discs) to 4.
+
+    Example:
+        >>> from segkit.data import SyntheticDataModule
+        >>> data = SyntheticDataModule(
+        ...     num_train=8, image_size=(40, 56), num_classes=4, class_names=["bg", "disc", "square", "triangle"],
+        ...     palette=[[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200]], batch_size=4,
+        ... )
+        >>> data.setup("fit")
+        >>> batch = next(iter(data.train_dataloader()))
+        >>> batch["image"].shape, batch["mask"].shape
+        (torch.Size([4, 3, 40, 56]), torch.Size([4, 40, 56]))
+    """
+
     def __init__(
         self,
         num_train: int = 512,

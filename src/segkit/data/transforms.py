@@ -18,7 +18,25 @@ from pydantic import Field
 class CatMaxRatioCrop(A.RandomCrop):
     """A random crop that retries until no single class fills more than `cat_max_ratio` of the crop's labelled
     pixels (MMSegmentation's `cat_max_ratio`), so crops of a street are not all road. Ignored pixels do not count;
-    after `max_tries` the last crop is kept."""
+    after `max_tries` the last crop is kept. In `conf/augment/*.yaml`.
+
+    Args:
+        height: the crop's height.
+        width: the crop's width.
+        cat_max_ratio: the largest share of the labelled pixels one class may fill (1: any crop).
+        ignore_index: mask value left out of the shares.
+        max_tries: crops drawn at most.
+        pad_if_needed, pad_position, border_mode, fill, fill_mask, p: as albumentations' `RandomCrop` (pad masks
+            with `fill_mask: ${data.ignore_index}`, so padding is never learned as a class).
+
+    Example:
+        >>> import numpy as np
+        >>> from segkit.data.transforms import CatMaxRatioCrop
+        >>> crop = CatMaxRatioCrop(32, 32, cat_max_ratio=0.75, pad_if_needed=True, fill_mask=255)
+        >>> out = crop(image=np.zeros((20, 40, 3), np.uint8), mask=np.zeros((20, 40), np.uint8))
+        >>> out["image"].shape, int(out["mask"].max())
+        ((32, 32, 3), 255)
+    """
 
     class InitSchema(A.RandomCrop.InitSchema):
         cat_max_ratio: Annotated[float, Field(gt=0, le=1)]

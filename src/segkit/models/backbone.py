@@ -78,15 +78,33 @@ def flexible_kwargs(name: str) -> dict[str, Any]:
 
 
 class Backbone(nn.Module):
-    """Encoder returning a list of feature maps, shallow to deep, with their channels and strides.
+    """A timm model as an encoder: a list of feature maps `(B, C, H, W)`, shallow to deep, with their `channels` and
+    `strides`, for images of any size (padded to what the model takes: `padded_size`). Every decoder builds itself
+    from one, given as the `backbone` config (`conf/backbone/*.yaml`).
 
     Images are expected in [0, 1]; they are normalised here with the backbone's own mean and std,
     so checkpoints, exports and predictions need no separate preprocessing step.
 
-    `out_indices`: which stages timm returns; for a plain ViT, which blocks feed the pyramid (four, one per
-    level, or one for all: ViTDet's last-block pyramid), by default four evenly spaced ones.
-    `pyramid`: null (auto: on for plain ViTs, whose features share one stride), true or false.
-    Further keys go to `timm.create_model` (`drop_path_rate`, `img_size`, ...).
+    Args:
+        name: a timm model name (checked: a typo fails with the closest names), e.g. "resnet18", "convnext_tiny",
+            "swin_tiny_patch4_window7_224", "vit_small_patch16_224".
+        in_channels: channels of the images, any number (timm adapts the stem; the mean and std follow).
+        pretrained: load timm's ImageNet weights (network or a filled Hugging Face cache needed).
+        weights: a local timm/PyTorch state dict file (.safetensors, .pth) to load instead; wins over `pretrained`.
+        out_indices: which stages timm returns; for a plain ViT, which blocks feed the pyramid (four, one per
+            level, or one for all: ViTDet's last-block pyramid), by default four evenly spaced ones.
+        normalize: normalise with the model's own mean and std (false: the images are used as they come).
+        pyramid: null (auto: on for plain ViTs, whose features share one stride), true or false.
+        **timm_kwargs: further keys go to `timm.create_model` (`drop_path_rate`, `img_size`, ...).
+
+    Example:
+        >>> import torch
+        >>> from segkit.models import Backbone
+        >>> backbone = Backbone("resnet18")
+        >>> backbone.channels, backbone.strides
+        ([64, 64, 128, 256, 512], [2, 4, 8, 16, 32])
+        >>> [tuple(f.shape[-2:]) for f in backbone(torch.rand(1, 3, 64, 96))]
+        [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
     """
 
     def __init__(

@@ -86,6 +86,31 @@ class FCNDecoder(nn.Module):
 
 
 class FCN(SegmentationModel):
+    """FCN (Long, Shelhamer & Darrell, 2015) over a timm encoder: a 3x3 conv head and a 1x1 classifier on the
+    deepest features; the 16s and 8s variants add 1x1 scores of the stride-16 and stride-8 features after a 2x
+    upsampling (zero-initialised, as in the paper). `model=fcn` in a config.
+
+    Args:
+        backbone: the `Backbone`'s arguments, as `conf/backbone/*.yaml` gives them: `name` (any timm model with
+            `features_only`), `pretrained`, `weights`, `out_indices`, `pyramid` and other `timm.create_model` keys.
+        num_classes: classes the logits score, at least 2 (`${data.num_classes}`).
+        in_channels: channels of the images, any number (`${data.in_channels}`).
+        variant: "32s" (the deepest features only), "16s" or "8s": the finest stride whose scores are fused.
+        upsample: "bilinear", or "transposed" (learned transposed convolutions initialised to bilinear).
+        head_channels: width of the conv head.
+        dropout: dropout before the classifier.
+
+    Returns logits `(B, num_classes, H, W)` for images `(B, in_channels, H, W)` in [0, 1], at the images' own
+    size for any H and W.
+
+    Example:
+        >>> import torch
+        >>> from segkit.models import FCN
+        >>> net = FCN({"name": "resnet18"}, num_classes=3, variant="8s").eval()
+        >>> net(torch.rand(2, 3, 45, 61)).shape
+        torch.Size([2, 3, 45, 61])
+    """
+
     def __init__(
         self,
         backbone: dict,

@@ -43,7 +43,29 @@ class SegFormerDecoder(nn.Module):
 
 
 class SegFormer(SegmentationModel):
-    """The SegFormer head over any backbone (`backbone=pvt_v2_b2` is the nearest to the paper's MiT-B2)."""
+    """SegFormer's all-MLP head (Xie et al., 2021) over any backbone (`backbone=pvt_v2_b2` is the nearest to the
+    paper's MiT-B2): every level at stride `min_stride` and coarser projected to `embed_dim`, upsampled to the finest
+    of them, concatenated, fused by a 1x1 conv-BN-ReLU and classified. `model=segformer` in a config.
+
+    Args:
+        backbone: the `Backbone`'s arguments, as `conf/backbone/*.yaml` gives them: `name` (any timm model with
+            `features_only`), `pretrained`, `weights`, `out_indices`, `pyramid` and other `timm.create_model` keys.
+        num_classes: classes the logits score, at least 2 (`${data.num_classes}`).
+        in_channels: channels of the images, any number (`${data.in_channels}`).
+        embed_dim: the width every level is projected to (the paper: 256 for B0 and B1, 768 for B2 to B5).
+        min_stride: levels finer than this are left out.
+        dropout: dropout before the classifier.
+
+    Returns logits `(B, num_classes, H, W)` for images `(B, in_channels, H, W)` in [0, 1], at the images' own
+    size for any H and W.
+
+    Example:
+        >>> import torch
+        >>> from segkit.models import SegFormer
+        >>> net = SegFormer({"name": "resnet18"}, num_classes=3, embed_dim=64).eval()
+        >>> net(torch.rand(1, 3, 45, 61)).shape
+        torch.Size([1, 3, 45, 61])
+    """
 
     def __init__(
         self,

@@ -76,6 +76,30 @@ def _ceil_div(size: tuple[int, int], stride: int) -> tuple[int, int]:
 
 
 class UNet(SegmentationModel):
+    """UNet (Ronneberger et al., 2015) over a timm encoder: one decoder block per halving of the stride, each
+    upsampling, concatenating the encoder feature of its stride when there is one, and two 3x3 conv-BN-ReLU; a 1x1
+    head at full resolution. `model=unet` in a config.
+
+    Args:
+        backbone: the `Backbone`'s arguments, as `conf/backbone/*.yaml` gives them: `name` (any timm model with
+            `features_only`), `pretrained`, `weights`, `out_indices`, `pyramid` and other `timm.create_model` keys.
+        num_classes: classes the logits score, at least 2 (`${data.num_classes}`).
+        in_channels: channels of the images, any number (`${data.in_channels}`).
+        decoder_channels: one width per block, deepest first: as many as halvings of the backbone's deepest stride
+            (five for stride 32; the error message suggests a list for other backbones).
+        upsample: "bilinear", or "transposed" (learned transposed convolutions initialised to bilinear).
+
+    Returns logits `(B, num_classes, H, W)` for images `(B, in_channels, H, W)` in [0, 1], at the images' own
+    size for any H and W.
+
+    Example:
+        >>> import torch
+        >>> from segkit.models import UNet
+        >>> net = UNet({"name": "resnet18"}, num_classes=4, in_channels=1, decoder_channels=[64, 32, 16, 16, 8])
+        >>> net.eval()(torch.rand(1, 1, 45, 61)).shape
+        torch.Size([1, 4, 45, 61])
+    """
+
     def __init__(
         self,
         backbone: dict,

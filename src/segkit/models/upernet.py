@@ -81,7 +81,30 @@ class UPerNetDecoder(nn.Module):
 
 
 class UPerNet(SegmentationModel):
-    """UPerNet over any backbone: the levels at stride `min_stride` (4) and coarser are fused."""
+    """UPerNet (Xiao et al., 2018) over any backbone, as MMSegmentation pairs it with Swin, ViT and ConvNeXt: pyramid
+    pooling on the deepest features, an FPN fusing every level at stride `min_stride` and coarser top-down, all
+    levels concatenated at the finest of them, one classifier. `model=upernet` in a config.
+
+    Args:
+        backbone: the `Backbone`'s arguments, as `conf/backbone/*.yaml` gives them: `name` (any timm model with
+            `features_only`), `pretrained`, `weights`, `out_indices`, `pyramid` and other `timm.create_model` keys.
+        num_classes: classes the logits score, at least 2 (`${data.num_classes}`).
+        in_channels: channels of the images, any number (`${data.in_channels}`).
+        decoder_channels: width of every decoder layer (MMSegmentation uses 512 with Swin-T or ViT-B).
+        pool_scales: the pyramid pooling's bins per side.
+        min_stride: levels finer than this (a ResNet's stride-2 stem) are left out.
+        dropout: dropout before the classifier.
+
+    Returns logits `(B, num_classes, H, W)` for images `(B, in_channels, H, W)` in [0, 1], at the images' own
+    size for any H and W.
+
+    Example:
+        >>> import torch
+        >>> from segkit.models import UPerNet
+        >>> net = UPerNet({"name": "resnet18"}, num_classes=3, decoder_channels=64).eval()
+        >>> net(torch.rand(1, 3, 45, 61)).shape
+        torch.Size([1, 3, 45, 61])
+    """
 
     def __init__(
         self,

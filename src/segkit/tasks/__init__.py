@@ -1,1 +1,2 @@
-"""What the entry scripts run: each task takes a composed config and returns plain metrics."""
+"""Every command's body: the entry scripts at the repository root each call one function here with their composed
+config (train, evaluate, predict, export, check_data, browse_data, bench; common holds what they share)."""

@@ -6,15 +6,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.atomic import write_json
-from segkit.callbacks import MaskWriter, PredictionTable
-from segkit.checkpoints import load_module
-from segkit.console import quiet_known_noise
-from segkit.inference import build_inference
-from segkit.module import SegmentationModule
-from segkit.report import build_report, print_report, write_report_files
+from segkit.config.trust import safe_instantiate
+from segkit.reports.evaluation import build_report, print_report, write_report_files
+from segkit.reports.predictions import MaskWriter, PredictionTable
+from segkit.runs.atomic import write_json
+from segkit.runs.console import quiet_known_noise
 from segkit.tasks.common import build_trainer, finish_wandb, log_to_files, plain, split_metrics
-from segkit.trust import safe_instantiate
+from segkit.training.inference import build_inference
+from segkit.training.module import SegmentationModule, load_module
 
 SPLITS = ("val", "test")
 

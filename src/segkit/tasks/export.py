@@ -24,14 +24,14 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from segkit.atomic import write_json
-from segkit.checkpoints import load_module
+from segkit.runs.atomic import write_json
+from segkit.training.module import load_module
 
 FORMATS = ("onnx", "torch_export")
 log = logging.getLogger(__name__)
 
 
-def _dynamic_shapes(dynamic_size: bool = True) -> dict[str, dict[int, Any]]:
+def dynamic_shapes(dynamic_size: bool = True) -> dict[str, dict[int, Any]]:
     # Exported graphs hold for images of more than 32 pixels a side (a stride-32 map of one pixel would be a
     # special case to the exporter).
     dim = torch.export.Dim
@@ -117,7 +117,7 @@ def export_onnx(
         input_names=["images"],
         output_names=["logits"],
         opset_version=opset,
-        dynamic_shapes=_dynamic_shapes(dynamic_size),
+        dynamic_shapes=dynamic_shapes(dynamic_size),
         dynamo=True,
         verbose=False,
         external_data=False,
@@ -129,7 +129,7 @@ def export_onnx(
 
 
 def export_program(net: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_size: bool = True) -> Path:
-    program = torch.export.export(net, (example,), dynamic_shapes=_dynamic_shapes(dynamic_size))
+    program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes(dynamic_size))
     with warnings.catch_warnings():  # about tensors sharing storage off the CPU; these weights are on it
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
         torch.export.save(program, path)

@@ -13,12 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from segkit.callbacks import MaskWriter
-from segkit.checkpoints import load_module
-from segkit.console import quiet_known_noise
 from segkit.data.inputs import ImageBatches, ImageFiles, find_images, read_failure
-from segkit.inference import build_inference
+from segkit.reports.predictions import MaskWriter
+from segkit.runs.console import quiet_known_noise
 from segkit.tasks.common import plain
+from segkit.training.inference import build_inference
+from segkit.training.module import load_module
 
 
 class UnreadableInputs(RuntimeError):

@@ -15,35 +15,24 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segkit.atomic import atomic_write_text, remove_leftovers, write_json
-from segkit.checkpoints import read_checkpoint
-from segkit.config_checks import validate
-from segkit.console import EpochLine, closing_lines, quiet_known_noise
-from segkit.device_checks import check_devices
-from segkit.epoch_end_resume import ResumeIntoEpochEnd, resumes_into_validation
-from segkit.loggers import CSVLogger, read_rows
-from segkit.module import SegmentationModule
-from segkit.random_state import RandomStates
-from segkit.resume import HPC_CHECKPOINTS, LAST_CHECKPOINT, check_not_finished, plan_of_run, wandb_run_id
-from segkit.stop import RunStopped, StopAndSave
+from segkit.config.checks import validate
+from segkit.config.devices import check_devices
+from segkit.config.trust import check_targets
+from segkit.runs.atomic import atomic_write_text, remove_leftovers, write_json
+from segkit.runs.checkpoints import read_checkpoint
+from segkit.runs.console import EpochLine, closing_lines, quiet_known_noise
+from segkit.runs.epoch_end_resume import ResumeIntoEpochEnd, resumes_into_validation
+from segkit.runs.loggers import CSVLogger, read_rows
+from segkit.runs.random_state import RandomStates
+from segkit.runs.resume import HPC_CHECKPOINTS, LAST_CHECKPOINT, check_not_finished, plan_of_run, wandb_run_id
+from segkit.runs.stop import RunStopped, StopAndSave
 from segkit.tasks.common import build_trainer, finish_wandb, float_metrics, plain, print_table, split_metrics
-from segkit.trust import check_targets
+from segkit.training.module import build_module
 
 log = logging.getLogger(__name__)
 
 
 TRAIN_SOURCE = "the train config (conf/, the command line and, when resuming in place, the run's recorded overrides)"
-
-
-def build_module(cfg: DictConfig) -> SegmentationModule:
-    return SegmentationModule(
-        model=plain(cfg.model),
-        loss=plain(cfg.loss),
-        optimizer=plain(cfg.optimizer),
-        scheduler=plain(cfg.get("scheduler")),
-        data=plain(cfg.data),
-        trusted_modules=trusted_modules(cfg),
-    )
 
 
 def trusted_modules(cfg: DictConfig) -> tuple[str, ...]:
