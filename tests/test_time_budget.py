@@ -79,6 +79,7 @@ def test_a_run_stopped_by_its_time_limit_ends_at_the_final_rate(tiny_train_cfg, 
     no_checkpoints = [
         "callbacks.model_checkpoint=null",
         "callbacks.last_checkpoint=null",
+        "callbacks.periodic_checkpoint=null",
         "+trainer.enable_checkpointing=false",
         "+trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",
