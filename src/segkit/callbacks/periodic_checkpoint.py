@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from segkit.runs.epoch_end_resume import validates_after
+from segkit.runs.epoch_end_resume import ends_epoch_without_validation
 
 
 def as_timedelta(interval: str | float | int | timedelta | None) -> timedelta | None:
@@ -79,9 +79,3 @@ class PeriodicCheckpoint(ModelCheckpoint):
         if deferred is not None:
             super()._save_checkpoint(trainer, deferred)
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-
-
-def ends_epoch_without_validation(trainer: L.Trainer) -> bool:
-    """In the last training batch of an epoch that no validation ends."""
-    last_batch = trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
-    return last_batch and not validates_after(trainer, trainer.current_epoch)

@@ -68,3 +68,10 @@ def validates_after(trainer: L.Trainer, epoch: int) -> bool:
     """Whether epoch `epoch` ends with a validation (`check_val_every_n_epoch`, `limit_val_batches`)."""
     every = trainer.check_val_every_n_epoch
     return trainer.limit_val_batches != 0 and every is not None and (epoch + 1) % every == 0
+
+
+def ends_epoch_without_validation(trainer: L.Trainer) -> bool:
+    """In the last training batch of an epoch that no validation ends: a save here would resume as Lightning
+    decides (a finished epoch, its end skipped), so segkit's own saves wait one batch."""
+    last_batch = trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
+    return last_batch and not validates_after(trainer, trainer.current_epoch)

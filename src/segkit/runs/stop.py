@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from segkit.runs.epoch_end_resume import validates_after
+from segkit.runs.epoch_end_resume import ends_epoch_without_validation
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ class StopAndSave(L.Callback):
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
         if not asked or self.saved:
             return
-        epoch_ends = trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
-        if epoch_ends and not validates_after(trainer, trainer.current_epoch):
+        if ends_epoch_without_validation(trainer):
             return
         trainer.save_checkpoint(self.checkpoint)
         self.saved = True
