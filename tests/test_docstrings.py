@@ -18,13 +18,22 @@ from segkit.reports.predictions import MaskWriter, PredictionTable
 from segkit.runs.checkpoint_io import AtomicCheckpointIO
 from segkit.runs.loggers import CSVLogger, WandbLogger
 from segkit.training.inference import Inference, build_inference
-from segkit.training.losses import CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum
+from segkit.training.losses import (
+    CrossEntropyLoss,
+    DiceLoss,
+    FocalLoss,
+    LovaszSoftmaxLoss,
+    OhemCrossEntropyLoss,
+    TverskyLoss,
+    WeightedSum,
+)
 from segkit.training.module import SegmentationModule, build_module, load_module
 from segkit.training.schedules import cosine, poly
 
 PUBLIC = [
     *(UNet, FCN, UPerNet, SegFormer, Backbone),
     *(CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum, poly, cosine),
+    *(LovaszSoftmaxLoss, TverskyLoss, OhemCrossEntropyLoss),
     *(SegDataModule, FileDataModule, FolderDataModule, ListFileDataModule, SyntheticDataModule, CatMaxRatioCrop),
     *(PredictionSamples, DashboardSummaries, TimeBudget, PeriodicCheckpoint, PredictionTable, MaskWriter),
     *(Inference, build_inference, SegmentationModule, build_module, load_module),

@@ -13,6 +13,7 @@ from segkit.training.module import SegmentationModule, build_module
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 BACKBONES = sorted(p.stem for p in (CONF / "backbone").glob("*.yaml"))
+LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 
 
 def fit_one_batch(cfg, module=None, **trainer_kwargs) -> L.Trainer:
@@ -67,7 +68,7 @@ def test_overfits_one_batch(tiny_train_cfg, model, loss):
     assert losses[-1] < 0.4 * losses[0], losses
 
 
-@pytest.mark.parametrize("loss", ["ce", "dice", "focal", "ce_dice"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_config_builds_and_is_finite(tiny_train_cfg, loss):
     cfg = tiny_train_cfg(f"loss={loss}", "model=fcn")
     module = build_module(cfg)
