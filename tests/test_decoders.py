@@ -37,7 +37,7 @@ def nets():
         if (decoder.name, channels) not in built:
             torch.manual_seed(0)
             net = decoder.build(BACKBONE, NUM_CLASSES, channels, STRIDES)
-            assert net.backbone.strides == STRIDES
+            assert net.backbone.strides == decoder.strides(STRIDES)  # DeepLabV3+'s dilated: [2, 4, 8, 16, 16]
             built[decoder.name, channels] = net.eval()
         return built[decoder.name, channels]
 

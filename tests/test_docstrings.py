@@ -13,7 +13,7 @@ import segkit
 from segkit.callbacks import DashboardSummaries, PeriodicCheckpoint, PredictionSamples, TimeBudget
 from segkit.data import FileDataModule, FolderDataModule, ListFileDataModule, SegDataModule, SyntheticDataModule
 from segkit.data.transforms import CatMaxRatioCrop
-from segkit.models import FCN, Backbone, SegFormer, UNet, UPerNet
+from segkit.models import FCN, FPN, Backbone, DeepLabV3Plus, SegFormer, UNet, UPerNet
 from segkit.reports.predictions import MaskWriter, PredictionTable
 from segkit.runs.checkpoint_io import AtomicCheckpointIO
 from segkit.runs.loggers import CSVLogger, WandbLogger
@@ -31,7 +31,7 @@ from segkit.training.module import SegmentationModule, build_module, load_module
 from segkit.training.schedules import cosine, poly
 
 PUBLIC = [
-    *(UNet, FCN, UPerNet, SegFormer, Backbone),
+    *(UNet, FCN, UPerNet, SegFormer, DeepLabV3Plus, FPN, Backbone),
     *(CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum, poly, cosine),
     *(LovaszSoftmaxLoss, TverskyLoss, OhemCrossEntropyLoss),
     *(SegDataModule, FileDataModule, FolderDataModule, ListFileDataModule, SyntheticDataModule, CatMaxRatioCrop),

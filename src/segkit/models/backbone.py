@@ -95,6 +95,9 @@ class Backbone(nn.Module):
             level, or one for all: ViTDet's last-block pyramid), by default four evenly spaced ones.
         normalize: normalise with the model's own mean and std (false: the images are used as they come).
         pyramid: null (auto: on for plain ViTs, whose features share one stride), true or false.
+        output_stride: null (the model's own strides) or 8 or 16: the deepest stride, through dilated convolutions
+            (timm's `output_stride`; CNNs take it, transformers do not: those fail here, naming the fix). Set by
+            `model=deeplabv3plus` (`model.output_stride`), not by the backbone configs.
         **timm_kwargs: further keys go to `timm.create_model` (`drop_path_rate`, `img_size`, ...).
 
     Example:
@@ -116,6 +119,7 @@ class Backbone(nn.Module):
         out_indices: Sequence[int] | None = None,
         normalize: bool = True,
         pyramid: bool | None = None,
+        output_stride: int | None = None,
         **timm_kwargs,
     ) -> None:
         super().__init__()
@@ -134,7 +138,18 @@ class Backbone(nn.Module):
                 )
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
             pretrained = True
-        self.encoder = _create(name, pretrained, kwargs, user_kwargs=set(timm_kwargs))
+        if output_stride is not None:
+            kwargs["output_stride"] = int(output_stride)
+        try:
+            self.encoder = _create(name, pretrained, kwargs, user_kwargs=set(timm_kwargs))
+        except TypeError as err:
+            if output_stride is None or "output_stride" not in str(err):
+                raise
+            raise UnsupportedBackboneError(_cannot_dilate(name, int(output_stride), None)) from err
+        if output_stride is not None:
+            deepest = max(int(s) for s in self.encoder.feature_info.reduction())
+            if deepest != int(output_stride):  # a family that takes the argument and ignores it (Swin)
+                raise UnsupportedBackboneError(_cannot_dilate(name, int(output_stride), deepest))
         self.name = name
         fmt = getattr(self.encoder, "output_fmt", "NCHW")
         self.nhwc = str(getattr(fmt, "value", fmt)) == "NHWC"
@@ -332,6 +347,21 @@ class Backbone(nn.Module):
         if self.pyramid is not None:
             features = self.pyramid([features[i] for i in self.pyramid_sources], size)
         return features
+
+
+# The families whose timm models dilate their last stages when given `output_stride` (checked in the tests for
+# resnet18, efficientnet_b0, convnext_atto, regnetx_002, mobilenetv3; Swin, PVTv2, ViT, FastViT, MaxViT do not).
+DILATABLE_FAMILIES = "CNNs such as ResNet, ResNeXt, EfficientNet, MobileNetV3, RegNet, ConvNeXt"
+
+
+def _cannot_dilate(name: str, output_stride: int, deepest: int | None) -> str:
+    """Why `name` cannot run at `output_stride`, with the fix (no single quotes: Hydra shows this repr)."""
+    got = f" (its deepest features stay at stride {deepest})" if deepest is not None else ""
+    return (
+        f'Backbone "{name}" cannot be dilated to output stride {output_stride}{got}: timm dilates only '
+        f"{DILATABLE_FAMILIES}; transformers (Swin, PVTv2, plain ViTs, MaxViT, FastViT, ...) cannot. Fix: "
+        "model.output_stride=32 (no dilation: ASPP on the deepest features, at their own stride), or a CNN backbone."
+    )
 
 
 def _ceil_to(value: int, multiple: int) -> int:
