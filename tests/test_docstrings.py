@@ -17,6 +17,7 @@ from segkit.models import FCN, Backbone, SegFormer, UNet, UPerNet
 from segkit.reports.predictions import MaskWriter, PredictionTable
 from segkit.runs.checkpoint_io import AtomicCheckpointIO
 from segkit.runs.loggers import CSVLogger, WandbLogger
+from segkit.training.freezing import BackboneFreezing
 from segkit.training.inference import Inference, build_inference
 from segkit.training.losses import CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum
 from segkit.training.module import SegmentationModule, build_module, load_module
@@ -27,7 +28,7 @@ PUBLIC = [
     *(CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum, poly, cosine),
     *(SegDataModule, FileDataModule, FolderDataModule, ListFileDataModule, SyntheticDataModule, CatMaxRatioCrop),
     *(PredictionSamples, DashboardSummaries, TimeBudget, PeriodicCheckpoint, PredictionTable, MaskWriter),
-    *(Inference, build_inference, SegmentationModule, build_module, load_module),
+    *(Inference, build_inference, SegmentationModule, build_module, load_module, BackboneFreezing),
     *(CSVLogger, WandbLogger, AtomicCheckpointIO),
 ]
 MODULES = sorted(info.name for info in pkgutil.walk_packages(segkit.__path__, prefix="segkit."))

@@ -95,6 +95,10 @@ class Backbone(nn.Module):
             level, or one for all: ViTDet's last-block pyramid), by default four evenly spaced ones.
         normalize: normalise with the model's own mean and std (false: the images are used as they come).
         pyramid: null (auto: on for plain ViTs, whose features share one stride), true or false.
+        freeze_bn: keep the encoder's batch-norm running statistics as they are (MMSegmentation's `norm_eval`):
+            its BatchNorm layers stay in eval mode when the model is put in training mode; their affine weights
+            still train whenever the encoder does. (Freezing the encoder's weights is the training's business:
+            `backbone.freeze`, segkit.training.freezing.)
         **timm_kwargs: further keys go to `timm.create_model` (`drop_path_rate`, `img_size`, ...).
 
     Example:
@@ -116,9 +120,11 @@ class Backbone(nn.Module):
         out_indices: Sequence[int] | None = None,
         normalize: bool = True,
         pyramid: bool | None = None,
+        freeze_bn: bool = False,
         **timm_kwargs,
     ) -> None:
         super().__init__()
+        self.freeze_bn = bool(freeze_bn)
         check_backbone_name(name)
         # From a Hydra config the extra keys arrive as OmegaConf nodes; timm wants plain lists and numbers.
         timm_kwargs = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in timm_kwargs.items()}
@@ -185,6 +191,16 @@ class Backbone(nn.Module):
                 f"backbone {name} takes images of {rule} (they are padded, the logits cropped), which torch.export "
                 "cannot trace for symbolic sizes"
             )
+        self.train(self.training)  # freeze_bn: the encoder's batch norms in eval mode from the start
+
+    def train(self, mode: bool = True) -> Backbone:
+        """As nn.Module's; with `freeze_bn` the encoder's batch norms stay in eval mode (their statistics kept)."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     # -- construction helpers --------------------------------------------------------------------------------
     def _pyramid_blocks(self, name: str, out_indices: Sequence[int] | None) -> list[int]:
