@@ -135,6 +135,14 @@ def test_an_unfreezing_backbone_gets_its_own_groups_without_param_groups(tiny_tr
     assert [g["lr"] for g in optimizer.param_groups] == [cfg.optimizer.lr] * 2
 
 
+def test_an_unfreezing_epoch_the_run_never_reaches_is_a_warning(tiny_train_cfg, caplog):
+    """Not an error: `debug=fast` (one epoch) runs an experiment that unfreezes later."""
+    module = build_module(tiny_train_cfg("backbone.freeze=true", "backbone.unfreeze_at_epoch=1"))
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, max_epochs=1)
+    module.on_fit_start()
+    assert "the backbone stays frozen for the whole run" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------------- training runs
 
 
