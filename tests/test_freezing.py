@@ -241,10 +241,16 @@ def test_the_backbone_trains_from_its_epoch_at_its_own_ramped_rate(unfrozen_run)
 
 
 @pytest.mark.slow
-def test_a_stop_in_the_warm_up_after_unfreezing_resumes_exactly(dataset, unfrozen_run, tmp_path):
+@pytest.mark.parametrize(
+    "stop_at",
+    [STEPS_PER_EPOCH + 2, STEPS_PER_EPOCH],
+    ids=["in-the-warm-up-after-unfreezing", "in-the-last-frozen-batch"],
+)
+def test_a_stop_resumes_the_unfreezing_exactly(dataset, unfrozen_run, tmp_path, stop_at):
+    """SIGTERM in epoch 1's third step (the backbone released, its warm-up half done), or in epoch 0's last batch
+    (the resumed run validates epoch 0, then unfreezes): the resumed run's history is the uninterrupted one's."""
     run_args = resume_overrides(dataset) + UNFREEZE
     run = as_run(tmp_path / "run", run_args)
-    stop_at = STEPS_PER_EPOCH + 2  # epoch 1, its second step: in the backbone's warm-up
     kill = [
         "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
         f"+callbacks.interrupt.step={stop_at}",
@@ -253,8 +259,9 @@ def test_a_stop_in_the_warm_up_after_unfreezing_resumes_exactly(dataset, unfroze
     with pytest.raises(SystemExit):
         train(compose_config("train", run_args + kill, run))
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (saved["epoch"], saved["global_step"]) == (1, stop_at)
+    assert (saved["epoch"], saved["global_step"]) == (stop_at // (STEPS_PER_EPOCH + 1), stop_at)
     (schedule,) = saved["lr_schedulers"]
-    assert schedule["group_start"] == [STEPS_PER_EPOCH, 0]  # backbone released at epoch 1's first step
+    released = STEPS_PER_EPOCH if stop_at > STEPS_PER_EPOCH else None  # at epoch 1's first step
+    assert schedule["group_start"] == [released, 0]
     train(compose_config("train", run_args + [f"ckpt_path={run}"], run))
     assert metrics_csv(run) == metrics_csv(unfrozen_run[1])
