@@ -17,6 +17,7 @@ from segkit.models import FCN, FPN, Backbone, DeepLabV3Plus, SegFormer, UNet, UP
 from segkit.reports.predictions import MaskWriter, PredictionTable
 from segkit.runs.checkpoint_io import AtomicCheckpointIO
 from segkit.runs.loggers import CSVLogger, WandbLogger
+from segkit.training.freezing import BackboneFreezing
 from segkit.training.inference import Inference, build_inference
 from segkit.training.losses import (
     CrossEntropyLoss,
@@ -36,7 +37,7 @@ PUBLIC = [
     *(LovaszSoftmaxLoss, TverskyLoss, OhemCrossEntropyLoss),
     *(SegDataModule, FileDataModule, FolderDataModule, ListFileDataModule, SyntheticDataModule, CatMaxRatioCrop),
     *(PredictionSamples, DashboardSummaries, TimeBudget, PeriodicCheckpoint, PredictionTable, MaskWriter),
-    *(Inference, build_inference, SegmentationModule, build_module, load_module),
+    *(Inference, build_inference, SegmentationModule, build_module, load_module, BackboneFreezing),
     *(CSVLogger, WandbLogger, AtomicCheckpointIO),
 ]
 MODULES = sorted(info.name for info in pkgutil.walk_packages(segkit.__path__, prefix="segkit."))

@@ -191,6 +191,9 @@ def validate(cfg: DictConfig, task: str) -> DictConfig:
     trainer = _node(cfg, "trainer")
     if trainer is not None:
         _check_trainer(trainer, errors)
+    backbone = _node(cfg, "backbone")
+    if backbone is not None:
+        _check_backbone(backbone, errors)
     inference = _node(cfg, "inference")
     if inference is not None:
         for key in ("crop_size", "stride"):
@@ -347,6 +350,57 @@ def _check_trainer(trainer: DictConfig, errors: list[str]) -> None:
     )
 
 
+def _check_backbone(backbone: DictConfig, errors: list[str]) -> None:
+    """The freezing keys (segkit.training.freezing), each alone and together."""
+    freeze = _check(
+        backbone,
+        "backbone",
+        "freeze",
+        errors,
+        _bool,
+        "backbone.freeze=true",
+        "true (the backbone does not train) or false",
+    )
+    _check(
+        backbone,
+        "backbone",
+        "freeze_bn",
+        errors,
+        _bool,
+        "backbone.freeze_bn=true",
+        "true (the backbone's batch norms keep their statistics) or false",
+    )
+    epoch = _check(
+        backbone,
+        "backbone",
+        "unfreeze_at_epoch",
+        errors,
+        _int(minimum=1, none=True),
+        "backbone.unfreeze_at_epoch=2 (with backbone.freeze=true), or null",
+        "null (never) or a whole number >= 1 (the 0-based epoch from which a frozen backbone trains)",
+    )
+    warmup = _check(
+        backbone,
+        "backbone",
+        "unfreeze_warmup_steps",
+        errors,
+        _int(minimum=0),
+        "backbone.unfreeze_warmup_steps=100",
+        "a whole number >= 0 (optimizer steps of the backbone's warm-up after unfreezing)",
+    )
+    if isinstance(epoch, int) and freeze is False:
+        errors.append(
+            f"backbone.unfreeze_at_epoch={epoch} with backbone.freeze=false: a backbone that is not frozen has nothing "
+            "to unfreeze. Fix: backbone.freeze=true (frozen until that epoch), or backbone.unfreeze_at_epoch=null."
+        )
+    if isinstance(warmup, int) and warmup > 0 and epoch is None:
+        errors.append(
+            f"backbone.unfreeze_warmup_steps={warmup} without backbone.unfreeze_at_epoch: there is no unfreezing to "
+            "warm up. Fix: backbone.unfreeze_at_epoch=N (with backbone.freeze=true), or "
+            "backbone.unfreeze_warmup_steps=0."
+        )
+
+
 def lightning_precisions() -> tuple[Any, ...]:
     """The values Lightning's Trainer takes for `precision`, from Lightning itself (its typing literals)."""
     from typing import get_args
@@ -462,6 +516,14 @@ def _int(minimum: int | None = None, none: bool = False, also: tuple[int, ...] =
         return number
 
     return rule
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _Invalid("is not true or false")
 
 
 def _auto_or(rule: Rule) -> Rule:

@@ -98,6 +98,10 @@ class Backbone(nn.Module):
         output_stride: null (the model's own strides) or 8 or 16: the deepest stride, through dilated convolutions
             (timm's `output_stride`; CNNs take it, transformers do not: those fail here, naming the fix). Set by
             `model=deeplabv3plus` (`model.output_stride`), not by the backbone configs.
+        freeze_bn: keep the encoder's batch-norm running statistics as they are (MMSegmentation's `norm_eval`):
+            its BatchNorm layers stay in eval mode when the model is put in training mode; their affine weights
+            still train whenever the encoder does. (Freezing the encoder's weights is the training's business:
+            `backbone.freeze`, segkit.training.freezing.)
         **timm_kwargs: further keys go to `timm.create_model` (`drop_path_rate`, `img_size`, ...).
 
     Example:
@@ -120,9 +124,11 @@ class Backbone(nn.Module):
         normalize: bool = True,
         pyramid: bool | None = None,
         output_stride: int | None = None,
+        freeze_bn: bool = False,
         **timm_kwargs,
     ) -> None:
         super().__init__()
+        self.freeze_bn = bool(freeze_bn)
         check_backbone_name(name)
         # From a Hydra config the extra keys arrive as OmegaConf nodes; timm wants plain lists and numbers.
         timm_kwargs = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in timm_kwargs.items()}
@@ -200,6 +206,16 @@ class Backbone(nn.Module):
                 f"backbone {name} takes images of {rule} (they are padded, the logits cropped), which torch.export "
                 "cannot trace for symbolic sizes"
             )
+        self.train(self.training)  # freeze_bn: the encoder's batch norms in eval mode from the start
+
+    def train(self, mode: bool = True) -> Backbone:
+        """As nn.Module's; with `freeze_bn` the encoder's batch norms stay in eval mode (their statistics kept)."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     # -- construction helpers --------------------------------------------------------------------------------
     def _pyramid_blocks(self, name: str, out_indices: Sequence[int] | None) -> list[int]:

@@ -6,7 +6,9 @@ checkpoint loads with `weights_only=True` and carries everything needed to rebui
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,9 +21,14 @@ from torchmetrics import MaxMetric, MeanMetric
 from segkit.config.trust import check_targets, safe_instantiate
 from segkit.moved import with_moved_targets
 from segkit.runs.checkpoints import load_state, read_checkpoint, stored_hparams, without_weight_sources
+from segkit.training.freezing import BackboneFreezing, all_trainable, backbone_group_indices
 from segkit.training.inference import Inference
 from segkit.training.metrics import class_ids, confusion_metric, named_scores, scores_from_confusion
+from segkit.training.param_groups import KEY as PARAM_GROUPS_KEY
 from segkit.training.param_groups import build_optimizer
+from segkit.training.schedules import WarmupDecayLR
+
+log = logging.getLogger(__name__)
 
 HPARAMS_SOURCE = "the SegmentationModule hyperparameters"
 
@@ -89,7 +96,14 @@ class SegmentationModule(L.LightningModule):
         # Speed switches of the model config, not arguments of the network.
         self.channels_last = bool(model.pop("channels_last", False))
         compile_net = bool(model.pop("compile", False))
+        # When the backbone trains (`backbone.freeze`, `unfreeze_at_epoch` ...): the training's, not the network's.
+        backbone = dict(model["backbone"]) if isinstance(model.get("backbone"), dict) else {}
+        self.freezing = BackboneFreezing.pop_from(backbone)
+        if backbone:
+            model["backbone"] = backbone
         self.net = safe_instantiate(model, source=HPARAMS_SOURCE, trusted=self.trusted_modules, key="model")
+        if self.freezing.freeze:
+            self.freezing.apply(self.net.backbone.encoder, epoch=0)  # params/trainable counts what trains first
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         # Kept outside the module tree, so state_dict keys (and checkpoints) stay those of the plain network.
@@ -140,6 +154,48 @@ class SegmentationModule(L.LightningModule):
         if stage == "fit" and crop_size and self.compiled_net is None:
             example = torch.zeros(1, int(self.hparams.data["in_channels"]), *map(int, crop_size))
             self.example_input_array = self.trainer.precision_plugin.convert_input(example)
+
+    def on_fit_start(self) -> None:
+        max_epochs = self.trainer.max_epochs
+        at = self.freezing.unfreeze_at_epoch
+        if at is not None and self.trainer.world_size > 1:
+            # DDP synchronises the gradients only of the parameters that required grad when it wrapped the model.
+            raise ValueError(
+                f"backbone.unfreeze_at_epoch={at} under {self.trainer.world_size} processes: DDP would never "
+                "synchronise the gradients of the backbone it wrapped frozen, so the processes' backbones would "
+                "drift apart. Fix: train on one device, or backbone.unfreeze_at_epoch=null (a backbone frozen for the "
+                "whole run works under DDP)."
+            )
+        if at is not None and max_epochs is not None and 0 < max_epochs <= at:
+            log.warning(
+                "backbone.unfreeze_at_epoch=%d but trainer.max_epochs=%d: the backbone stays frozen for the whole run.",
+                at,
+                max_epochs,
+            )
+
+    def on_train_start(self) -> None:
+        """Lightning calls no `on_train_epoch_start` for the epoch a run resumes in the middle of: set it here."""
+        self._freeze_for_epoch()
+
+    def on_train_epoch_start(self) -> None:
+        self._freeze_for_epoch()
+
+    def _freeze_for_epoch(self) -> None:
+        """A frozen backbone's `requires_grad` follows the epoch number (recomputed the same way on a resume); from
+        the first step of `backbone.unfreeze_at_epoch` the schedule lets its groups' rate ramp up."""
+        if not self.freezing.freeze:
+            return
+        if not self.freezing.apply(self.net.backbone.encoder, self.current_epoch):
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            release = getattr(config.scheduler, "release_held_groups", None)
+            if release is not None and release():
+                log.info(
+                    "The backbone trains from epoch %d (step %d) on, its rate ramping up over %d steps.",
+                    self.current_epoch,
+                    self.trainer.global_step,
+                    self.freezing.unfreeze_warmup_steps,
+                )
 
     def parameter_counts(self) -> dict[str, int]:
         return {
@@ -257,16 +313,34 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         trust = {"source": HPARAMS_SOURCE, "trusted": self.trusted_modules}
-        # `optimizer.param_groups` (backbone lr multiplier, no decay on norms, layer decay) shapes the groups.
-        optimizer = build_optimizer(
-            self.hparams.optimizer, self, lambda config: safe_instantiate(config, key="optimizer", **trust)
-        )
-        if not self.hparams.scheduler:
+        optimizer_config = self.hparams.optimizer
+        unfreezes = self.freezing.unfreezes
+        encoder = self.net.backbone.encoder if unfreezes else None
+        if unfreezes and optimizer_config.get(PARAM_GROUPS_KEY) is None:  # the backbone needs groups of its own
+            optimizer_config = {**optimizer_config, PARAM_GROUPS_KEY: {}}
+        # `optimizer.param_groups` (backbone lr multiplier, no decay on norms, layer decay) shapes the groups; a
+        # backbone that unfreezes later is in them from the start (frozen: no gradient, so no update).
+        with all_trainable(encoder) if unfreezes else contextlib.nullcontext():
+            optimizer = build_optimizer(
+                optimizer_config, self, lambda config: safe_instantiate(config, key="optimizer", **trust)
+            )
+        if self.hparams.scheduler:
+            scheduler = safe_instantiate(self.hparams.scheduler, key="scheduler", **trust)(
+                optimizer=optimizer,
+                total_steps=self.trainer.estimated_stepping_batches,  # inf under max_time alone
+            )
+        elif unfreezes:  # a constant rate (x 1 at every step), which holds the backbone's groups until they unfreeze
+            scheduler = WarmupDecayLR(optimizer, float("inf"), "poly", power=0.0)
+        else:
             return optimizer
-        scheduler = safe_instantiate(self.hparams.scheduler, key="scheduler", **trust)(
-            optimizer=optimizer,
-            total_steps=self.trainer.estimated_stepping_batches,  # inf under max_time alone
-        )
+        if unfreezes:
+            if not hasattr(scheduler, "hold_groups"):
+                raise TypeError(
+                    f"backbone.unfreeze_at_epoch needs a segkit schedule, which holds the backbone's rate at 0 until "
+                    f"it unfreezes; {type(scheduler).__name__} cannot. Fix: scheduler=poly, scheduler=cosine or "
+                    "scheduler=none."
+                )
+            scheduler.hold_groups(backbone_group_indices(optimizer, encoder), self.freezing.unfreeze_warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

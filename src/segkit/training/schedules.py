@@ -9,6 +9,12 @@ max_epochs give. Its schedule decays by whichever is further along, the steps or
 `progress = max(step progress, time progress)`. segkit.callbacks.TimeBudget sets the time progress at the start of each
 training batch from Lightning's own Timer, the one that stops the run, so the rate reaches its final value (0 for
 poly, min_lr for cosine) when the time is up. Without a time limit the time progress stays 0: the plain step schedule.
+
+Held groups: a frozen backbone that unfreezes later (`backbone.unfreeze_at_epoch`, segkit.training.freezing) is in
+the optimizer from the start, in its own groups, which the schedule holds at rate 0 (`hold_groups`) until they are
+released (`release_held_groups`, at the step the backbone starts training); from there their rate ramps linearly to
+the schedule's over their own warm-up steps. The step each group starts from is plain data in the schedule's state,
+so a resumed run continues the ramp where it was.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ class WarmupDecayLR(LRScheduler):
     - warmup: linear from `warmup_start` to 1 over the first `warmup_steps` optimizer steps;
     - progress: max((step - warmup_steps) / (total_steps - warmup_steps), time_progress), within [0, 1];
     - decay: poly (1 - progress)^power, or cosine from base_lr down to `min_lr` (an absolute learning rate).
-    Past the end the rate stays at its final value. Only plain values are attributes: the state dict stays data."""
+    Past the end the rate stays at its final value. Only plain values are attributes: the state dict stays data.
+
+    Each group's rate is further multiplied by its own factor: 1 for a group that always trains (`group_start` 0);
+    0 for a held group (`group_start` None, see `hold_groups`) until it is released at step s, then
+    min(1, (step - s + 1) / warmup) over its `group_warmup_steps` (1 at once without warm-up)."""
 
     def __init__(
         self,
@@ -53,6 +63,9 @@ class WarmupDecayLR(LRScheduler):
         self.warmup_start = float(warmup_start)
         # The share of the time budget used (segkit.callbacks.TimeBudget sets it; 0 without a time limit).
         self.time_progress = 0.0
+        # Per group: the step from which it trains (None: held at rate 0), and its warm-up from there.
+        self.group_start: list[int | None] = [0] * len(optimizer.param_groups)
+        self.group_warmup_steps: list[int] = [0] * len(optimizer.param_groups)
         super().__init__(optimizer, last_epoch)
 
     def progress(self) -> float:
@@ -66,16 +79,48 @@ class WarmupDecayLR(LRScheduler):
             return 1.0
         return self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup_steps
 
+    def group_factor(self, index: int) -> float:
+        """The factor of group `index` at the current step: 0 while held, its warm-up ramp, then 1."""
+        start = self.group_start[index]
+        if start is None or self.last_epoch < start:
+            return 0.0
+        warmup = self.group_warmup_steps[index]
+        return 1.0 if warmup <= 0 else min(1.0, (self.last_epoch - start + 1) / warmup)
+
     def get_lr(self) -> list[float]:
         warmup, t = self._warmup(), self.progress()
         if self.shape == "poly":
-            return [base * warmup * (1.0 - t) ** self.power for base in self.base_lrs]
-        cosine = (1.0 + math.cos(math.pi * t)) / 2.0
-        return [warmup * (self.min_lr + (base - self.min_lr) * cosine) for base in self.base_lrs]
+            rates = [base * warmup * (1.0 - t) ** self.power for base in self.base_lrs]
+        else:
+            cosine = (1.0 + math.cos(math.pi * t)) / 2.0
+            rates = [warmup * (self.min_lr + (base - self.min_lr) * cosine) for base in self.base_lrs]
+        return [rate * self.group_factor(i) for i, rate in enumerate(rates)]  # x 1.0 exactly for most groups
+
+    def hold_groups(self, indices: list[int], warmup_steps: int = 0) -> None:
+        """Groups `indices` (of the optimizer's param_groups) get rate 0 until `release_held_groups`, then ramp
+        linearly to the schedule's rate over `warmup_steps` optimizer steps."""
+        for index in indices:
+            self.group_start[index] = None
+            self.group_warmup_steps[index] = max(0, int(warmup_steps))
+        self._apply_rates()
+
+    def release_held_groups(self) -> list[int]:
+        """The held groups train from the current step on (the one the next optimizer step takes); returns their
+        indices (none when nothing was held)."""
+        released = [i for i, start in enumerate(self.group_start) if start is None]
+        for index in released:
+            self.group_start[index] = self.last_epoch
+        if released:
+            self._apply_rates()
+        return released
 
     def set_time_progress(self, progress: float) -> None:
         """The share of the time budget used: the optimizer's rate follows it now (the step count stays)."""
         self.time_progress = min(1.0, max(0.0, float(progress)))
+        self._apply_rates()
+
+    def _apply_rates(self) -> None:
+        """The optimizer's rates set to `get_lr()` at the current step."""
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].fill_(lr)
