@@ -109,6 +109,7 @@ def test_sigkill_after_a_save_in_an_epochs_last_batch_resumes_into_its_validatio
     every = [f"+callbacks.last_checkpoint.every_n_train_steps={STEPS_PER_EPOCH}"]
     proc = run_script(str(ROOT / "train.py"), *overrides(dataset), *every, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert "callbacks.periodic_checkpoint.every_n_train_steps instead" in proc.stdout + proc.stderr  # said once
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert (saved["epoch"], saved["global_step"]) == (0, STEPS_PER_EPOCH)

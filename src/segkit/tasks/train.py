@@ -43,6 +43,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg, "train")  # values and targets checked before anything is written, read or called
     check_devices(cfg)  # device settings this machine cannot run fail here, before W&B, data or model
     check_targets(cfg, source=TRAIN_SOURCE, trusted=trusted_modules(cfg))
+    warn_if_last_checkpoint_loses_its_epoch_end(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume = plan_of_run(output_dir, cfg.paths.runs_dir, cfg.get("ckpt_path"))
     saved = read_checkpoint(resume.checkpoint) if resume.checkpoint else None  # a corrupt file is named now
@@ -153,6 +154,20 @@ def record_resume(run: Path, saved: dict, checkpoint: Path) -> None:
     subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
     if subdir and Path(subdir).name.startswith("resume-"):
         atomic_write_text(run / subdir / "resumed_from.yaml", yaml.safe_dump(where, sort_keys=False))
+
+
+def warn_if_last_checkpoint_loses_its_epoch_end(cfg: DictConfig) -> None:
+    """`+callbacks.last_checkpoint.every_n_train_steps=N` looks like "also every N steps" but, Lightning's
+    ModelCheckpoint taking one trigger, means "only every N steps": last.ckpt is no longer written after validation."""
+    last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
+    triggers = [key for key in ("every_n_train_steps", "train_time_interval") if last.get(key)]
+    if triggers:
+        log.warning(
+            "callbacks.last_checkpoint.%s replaces its save after every validation (a ModelCheckpoint takes one "
+            "trigger). For last.ckpt mid-epoch as well: callbacks.periodic_checkpoint.%s instead.",
+            triggers[0],
+            triggers[0],
+        )
 
 
 def history_metrics(trainer: L.Trainer) -> dict[str, float]:
