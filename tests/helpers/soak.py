@@ -139,6 +139,9 @@ def main() -> int:
     parser.add_argument("--every-n-steps", type=int, default=3, help="periodic last.ckpt every N steps (0: none)")
     parser.add_argument("override", nargs="*", help="more overrides of train.py, for both runs")
     args = parser.parse_args()
+    # Started in the background by a script, this process (and so each run it starts) would ignore SIGINT, as
+    # shells make background jobs do: the runs get the default Ctrl-C a user's terminal gives.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = random.Random(args.seed)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="segkit-soak-"))
     shutil.rmtree(workdir / "victim", ignore_errors=True)
