@@ -10,8 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.models.base import SegmentationModel
-from segkit.models.layers import ConvBNReLU, fit_to, log2_int, stride_ratio, upsample_by
-from segkit.models.upernet import decoded_levels
+from segkit.models.layers import (
+    ConvBNReLU,
+    add_top_down,
+    decoded_levels,
+    fit_to,
+    log2_int,
+    neighbour_factors,
+    stride_ratio,
+    upsample_by,
+)
 
 MERGES = ("sum", "cat")
 
@@ -51,8 +59,8 @@ class FPNDecoder(nn.Module):
         self.merge = merge
         self.levels = decoded_levels(strides, min_stride)
         self.level_strides = [strides[i] for i in self.levels]
-        # Top-down factors between neighbouring levels; 2x upsamplings from each level to the finest.
-        self.factors = [stride_ratio(deep, fine) for fine, deep in zip(self.level_strides[:-1], self.level_strides[1:])]
+        self.factors = neighbour_factors(self.level_strides)
+        # 2x upsamplings from each level to the finest.
         finest = self.level_strides[0]
         self.upsamplings = [log2_int(stride_ratio(s, finest)) for s in self.level_strides]
         self.laterals = nn.ModuleList(nn.Conv2d(channels[i], decoder_channels, 1) for i in self.levels)
@@ -65,11 +73,7 @@ class FPNDecoder(nn.Module):
         self.classifier = nn.Conv2d(merged, num_classes, 1)
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        laterals = [lateral(features[i]) for lateral, i in zip(self.laterals, self.levels)]
-        for i in range(len(laterals) - 1, 0, -1):  # top-down: each level gets the coarser one, upsampled
-            laterals[i - 1] = laterals[i - 1] + upsample_by(
-                laterals[i], self.factors[i - 1], laterals[i - 1].shape[-2:]
-            )
+        laterals = add_top_down([lateral(features[i]) for lateral, i in zip(self.laterals, self.levels)], self.factors)
         finest = laterals[0].shape[-2:]
         maps = [block(smooth(x), finest) for block, smooth, x in zip(self.blocks, self.smooth, laterals)]
         x = torch.cat(maps, dim=1) if self.merge == "cat" else torch.stack(maps).sum(dim=0)

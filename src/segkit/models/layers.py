@@ -52,6 +52,25 @@ def stride_ratio(deeper: int, shallower: int) -> int:
     return deeper // shallower
 
 
+def decoded_levels(strides: Sequence[int], min_stride: int) -> list[int]:
+    """Indices of the features a head fuses: those at `min_stride` or coarser (all when none is)."""
+    levels = [i for i, s in enumerate(strides) if s >= min_stride]
+    return levels or list(range(len(strides)))
+
+
+def neighbour_factors(level_strides: Sequence[int]) -> list[int]:
+    """The upsampling factor from each level to the next finer one (an FPN's top-down steps)."""
+    return [stride_ratio(deep, fine) for fine, deep in zip(level_strides[:-1], level_strides[1:])]
+
+
+def add_top_down(laterals: list[torch.Tensor], factors: Sequence[int]) -> list[torch.Tensor]:
+    """An FPN's top-down pathway, in place: from the coarsest level down, each level gets the coarser one added,
+    upsampled by `factors` (`neighbour_factors`). Returns `laterals`."""
+    for i in range(len(laterals) - 1, 0, -1):
+        laterals[i - 1] = laterals[i - 1] + upsample_by(laterals[i], factors[i - 1], laterals[i - 1].shape[-2:])
+    return laterals
+
+
 def ceil_div(size: Sequence[int], stride: int) -> tuple[int, int]:
     """The size of a stride-`stride` map of an image of `size`."""
     return (-(-size[0] // stride), -(-size[1] // stride))

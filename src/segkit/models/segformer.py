@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from segkit.models.base import SegmentationModel
-from segkit.models.layers import ConvBNReLU, stride_ratio, upsample_by
-from segkit.models.upernet import decoded_levels
+from segkit.models.layers import ConvBNReLU, decoded_levels, stride_ratio, upsample_by
 
 
 class SegFormerDecoder(nn.Module):

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.models.base import SegmentationModel
-from segkit.models.layers import ConvBNReLU, adaptive_avg_pool, stride_ratio, upsample_by
-
-
-def decoded_levels(strides: Sequence[int], min_stride: int) -> list[int]:
-    """Indices of the features a head fuses: those at `min_stride` or coarser (all when none is)."""
-    levels = [i for i, s in enumerate(strides) if s >= min_stride]
-    return levels or list(range(len(strides)))
+from segkit.models.layers import (
+    ConvBNReLU,
+    adaptive_avg_pool,
+    add_top_down,
+    decoded_levels,
+    neighbour_factors,
+    upsample_by,
+)
 
 
 class PyramidPooling(nn.Module):
@@ -54,8 +55,7 @@ class UPerNetDecoder(nn.Module):
         self.levels = decoded_levels(strides, min_stride)
         level_strides = [strides[i] for i in self.levels]
         self.level_strides = level_strides
-        # Upsampling factors between neighbouring levels and from the finest level to the image.
-        self.factors = [stride_ratio(deep, shallow) for shallow, deep in zip(level_strides[:-1], level_strides[1:])]
+        self.factors = neighbour_factors(level_strides)
         self.ppm = PyramidPooling(channels[self.levels[-1]], decoder_channels, pool_scales)
         self.laterals = nn.ModuleList(ConvBNReLU(channels[i], decoder_channels, 1) for i in self.levels[:-1])
         self.fpn_convs = nn.ModuleList(ConvBNReLU(decoder_channels, decoder_channels) for _ in self.levels[:-1])
@@ -66,10 +66,7 @@ class UPerNetDecoder(nn.Module):
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         maps = [features[i] for i in self.levels]
         laterals = [lateral(x) for lateral, x in zip(self.laterals, maps[:-1])] + [self.ppm(maps[-1])]
-        for i in range(len(laterals) - 1, 0, -1):  # top-down: each level gets the coarser one, upsampled
-            laterals[i - 1] = laterals[i - 1] + upsample_by(
-                laterals[i], self.factors[i - 1], laterals[i - 1].shape[-2:]
-            )
+        add_top_down(laterals, self.factors)
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
         finest = outs[0].shape[-2:]
         fused = [outs[0]] + [
