@@ -16,16 +16,10 @@ BACKBONE = {"name": "resnet18"}  # pretrained=False: Backbone's default
 STRIDES = [2, 4, 8, 16, 32]  # resnet18's
 NUM_CLASSES = 3
 
-pytestmark = pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.name)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one thread runs them fastest, the more so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.parametrize("decoder", DECODERS, ids=lambda d: d.name),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import inspect
 import pkgutil
 
 import pytest
-import torch
 
 import segkit
 from segkit.callbacks import DashboardSummaries, PeriodicCheckpoint, PredictionSamples, TimeBudget
@@ -59,11 +58,7 @@ def test_public_api_says_what_its_arguments_mean_with_an_example(obj):
         assert undocumented == [], f"{obj.__qualname__}: Args does not describe {undocumented}"
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny networks
 def test_every_docstring_example_runs():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: one thread is the fastest on a busy machine
-    try:
-        failed = {name: doctest.testmod(importlib.import_module(name)).failed for name in MODULES}
-    finally:
-        torch.set_num_threads(threads)
+    failed = {name: doctest.testmod(importlib.import_module(name)).failed for name in MODULES}
     assert {name: count for name, count in failed.items() if count} == {}

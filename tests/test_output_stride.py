@@ -10,16 +10,9 @@ from segkit.models.backbone import Backbone
 from segkit.models.deeplabv3plus import default_rates
 from segkit.training.module import build_module
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 NARROW = {"aspp_channels": 8, "low_level_channels": 8, "decoder_channels": 8}
 TINY_SWIN = {"name": "swin_tiny_patch4_window7_224", "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(

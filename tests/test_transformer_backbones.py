@@ -21,6 +21,9 @@ from segkit.models.layers import ceil_div
 from segkit.models.pyramid import evenly_spaced_blocks
 from segkit.models.unet import UNetDecoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 TINY_SWIN = {"name": "swin_tiny_patch4_window7_224", "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
 TINY_VIT16 = {"name": "vit_tiny_patch16_224", "depth": 4}
 TINY_VIT14 = {"name": "vit_small_patch14_dinov2", "depth": 4, "embed_dim": 96, "num_heads": 2}
@@ -48,16 +51,6 @@ NUM_CLASSES = 3
 
 # The decoders every decoder test runs through (tests/helpers/decoders.py), by name.
 HEADS = {decoder.name: decoder for decoder in DECODERS}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny: one thread runs them faster than two, and far faster on a loaded machine, where
-    two threads wait on each other at every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
