@@ -81,9 +81,11 @@ class EpochLine(L.Callback):
         self._started: float | None = None  # monotonic time the epoch in progress began (shifted back on resume)
         self._resumed_at = 0.0  # epochs (with a fraction) done before this process started
         self._carried: dict[str, float] = {}  # the epoch in progress, from the checkpoint resumed
+        self._fit_started = 0.0
+        self._trainer: L.Trainer | None = None
 
     def state_dict(self) -> dict[str, float]:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self._trainer
         if self._started is None or trainer is None:
             return {}
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -21,6 +21,11 @@ VAL_BATCHES = "epoch_loop.val_loop.batch_progress"
 EPOCHS = "epoch_progress"
 
 
+def batches_done(loops: dict[str, Any]) -> int:
+    """Training batches of its epoch a checkpoint's loop state says were trained (the epoch's all, at its end)."""
+    return int(((loops.get(FIT_LOOP) or {}).get(TRAIN_BATCHES) or {}).get("current", {}).get("processed", 0))
+
+
 def saved_in_last_batch(loops: dict[str, Any]) -> bool:
     """Saved in `on_train_batch_end` of an epoch's last batch: the batch processed but not completed, the epoch
     started but not processed."""

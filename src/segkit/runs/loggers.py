@@ -98,7 +98,8 @@ class CSVLogger(LightningCSVLogger):
 
         def kept(row: dict[str, str]) -> bool:
             at = int(row["step"]) if row.get("step", "").isdigit() else step
-            return at < step - 1 or (at == step - 1 and not (epoch_end and _epoch_level(row)))
+            logged_again = epoch_end and at == step - 1 and _epoch_level(row)
+            return at < step and not logged_again
 
         write_rows(path, fields, [r for r in rows if kept(r)])
 

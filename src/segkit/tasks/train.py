@@ -21,7 +21,7 @@ from segkit.config.trust import check_targets
 from segkit.runs.atomic import atomic_write_text, remove_leftovers, write_json
 from segkit.runs.checkpoints import read_checkpoint
 from segkit.runs.console import EpochLine, closing_lines, quiet_known_noise
-from segkit.runs.epoch_end_resume import ResumeIntoEpochEnd, resumes_into_validation
+from segkit.runs.epoch_end_resume import ResumeIntoEpochEnd, batches_done, resumes_into_validation
 from segkit.runs.loggers import CSVLogger, read_rows
 from segkit.runs.random_state import RandomStates
 from segkit.runs.resume import HPC_CHECKPOINTS, LAST_CHECKPOINT, check_not_finished, plan_of_run, wandb_run_id
@@ -136,12 +136,11 @@ def prepare_resume(cfg: DictConfig, run: Path, saved: dict, checkpoint: Path) ->
 def record_resume(run: Path, saved: dict, checkpoint: Path) -> None:
     """`resumed_from.yaml` in this resume's record (`.hydra/resume-<time>/`, beside its overrides) and a log line:
     the checkpoint, and the epoch, step and batches of that epoch already trained that training continues from."""
-    batches = saved.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {}).get("current", {})
     where = {
         "checkpoint": str(checkpoint),
         "epoch": int(saved["epoch"]),
         "global_step": int(saved["global_step"]),
-        "batches_of_epoch_done": int(batches.get("processed", 0)),
+        "batches_of_epoch_done": batches_done(saved.get("loops") or {}),
     }
     log.info(
         "Resuming %s from %s: epoch %d, step %d, %d training batches of that epoch done.",
