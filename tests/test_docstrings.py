@@ -22,7 +22,7 @@ from segkit.training.losses import (
     CrossEntropyLoss,
     DiceLoss,
     FocalLoss,
-    LovaszSoftmaxLoss,
+    LovaszLoss,
     OhemCrossEntropyLoss,
     TverskyLoss,
     WeightedSum,
@@ -33,7 +33,7 @@ from segkit.training.schedules import cosine, poly
 PUBLIC = [
     *(UNet, FCN, UPerNet, SegFormer, DeepLabV3Plus, FPN, Backbone),
     *(CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum, poly, cosine),
-    *(LovaszSoftmaxLoss, TverskyLoss, OhemCrossEntropyLoss),
+    *(LovaszLoss, TverskyLoss, OhemCrossEntropyLoss),
     *(SegDataModule, FileDataModule, FolderDataModule, ListFileDataModule, SyntheticDataModule, CatMaxRatioCrop),
     *(PredictionSamples, DashboardSummaries, TimeBudget, PeriodicCheckpoint, PredictionTable, MaskWriter),
     *(Inference, build_inference, SegmentationModule, build_module, load_module, BackboneFreezing),

@@ -8,7 +8,7 @@ from segkit.training.losses import (
     CrossEntropyLoss,
     DiceLoss,
     FocalLoss,
-    LovaszSoftmaxLoss,
+    LovaszLoss,
     OhemCrossEntropyLoss,
     TverskyLoss,
     WeightedSum,
@@ -27,10 +27,10 @@ def batch(num_classes=4, h=9, w=11):
 
 # The losses of issue 22, in the settings the tests below share.
 NEW_LOSSES = {
-    "lovasz": LovaszSoftmaxLoss(IGNORE),
-    "lovasz_all": LovaszSoftmaxLoss(IGNORE, classes="all"),
-    "lovasz_per_image": LovaszSoftmaxLoss(IGNORE, per_image=True),
-    "lovasz_all_per_image": LovaszSoftmaxLoss(IGNORE, classes="all", per_image=True),
+    "lovasz": LovaszLoss(IGNORE),
+    "lovasz_all": LovaszLoss(IGNORE, classes="all"),
+    "lovasz_per_image": LovaszLoss(IGNORE, per_image=True),
+    "lovasz_all_per_image": LovaszLoss(IGNORE, classes="all", per_image=True),
     "tversky": TverskyLoss(IGNORE, alpha=0.3, beta=0.7),
     "focal_tversky": TverskyLoss(IGNORE, alpha=0.3, beta=0.7, gamma=0.75),
     "ohem": OhemCrossEntropyLoss(IGNORE, thresh=0.7, min_kept=20),
@@ -86,8 +86,8 @@ def test_weighted_sum_adds_weighted_terms():
         DiceLoss(ignore_index=IGNORE),
         FocalLoss(ignore_index=IGNORE, gamma=2.0),
         WeightedSum({"ce": CrossEntropyLoss(ignore_index=IGNORE), "dice": DiceLoss(ignore_index=IGNORE)}),
-        LovaszSoftmaxLoss(ignore_index=IGNORE),
-        LovaszSoftmaxLoss(ignore_index=IGNORE, classes="all", per_image=True),
+        LovaszLoss(ignore_index=IGNORE),
+        LovaszLoss(ignore_index=IGNORE, classes="all", per_image=True),
         TverskyLoss(ignore_index=IGNORE, alpha=0.3, beta=0.7),
         TverskyLoss(ignore_index=IGNORE, gamma=0.75),
         OhemCrossEntropyLoss(ignore_index=IGNORE, thresh=0.7, min_kept=50, class_weights=[1.0, 2.0, 0.5, 1.0]),
@@ -257,11 +257,11 @@ def test_lovasz_of_a_tiny_example_is_its_hand_computed_value():
     # Class 0 (.1 .6 .7, truth 0 0 1): errors .1 .6 .3, sorted .6 (bg) .3 (fg) .1 (bg): 1/2, 1, 1, so .6/2 + .3/2
     # = 27/60. The mean: 50/120 = 5/12.
     logits, target = probs_logits([[0.1, 0.6, 0.7], [0.9, 0.4, 0.3]]), torch.tensor([[[1, 1, 0]]])
-    assert LovaszSoftmaxLoss(IGNORE)(logits, target).item() == pytest.approx(50 / 120, abs=1e-6)
+    assert LovaszLoss(IGNORE)(logits, target).item() == pytest.approx(50 / 120, abs=1e-6)
     assert lovasz_softmax_reference(logits, target) == pytest.approx(50 / 120, abs=1e-6)
     # An ignored pixel, however wrong, changes nothing.
     logits4 = probs_logits([[0.1, 0.6, 0.7, 0.99], [0.9, 0.4, 0.3, 0.01]])
-    assert LovaszSoftmaxLoss(IGNORE)(logits4, torch.tensor([[[1, 1, 0, IGNORE]]])).item() == pytest.approx(5 / 12)
+    assert LovaszLoss(IGNORE)(logits4, torch.tensor([[[1, 1, 0, IGNORE]]])).item() == pytest.approx(5 / 12)
 
 
 @pytest.mark.parametrize("classes", ["present", "all"])
@@ -272,7 +272,7 @@ def test_lovasz_equals_the_level_set_integral_by_brute_force(classes, per_image)
     target = torch.randint(0, 3, (3, 3, 5))  # class 3 never in the truth: 'present' and 'all' differ
     target[0, 0] = IGNORE
     target[2] = IGNORE  # an image with no labelled pixel
-    value = LovaszSoftmaxLoss(IGNORE, classes=classes, per_image=per_image)(logits, target)
+    value = LovaszLoss(IGNORE, classes=classes, per_image=per_image)(logits, target)
     assert value.item() == pytest.approx(lovasz_softmax_reference(logits, target, classes, per_image), abs=1e-5)
 
 
@@ -289,12 +289,12 @@ def test_lovasz_of_one_hot_predictions_is_one_minus_the_mean_iou():
         if truth.any():
             ious.append(((truth & guess).sum() / (truth | guess).sum()).item())
     assert len(ious) == 4 and min(ious) < 0.9
-    assert LovaszSoftmaxLoss(IGNORE)(logits, target).item() == pytest.approx(1 - sum(ious) / 4, abs=1e-6)
+    assert LovaszLoss(IGNORE)(logits, target).item() == pytest.approx(1 - sum(ious) / 4, abs=1e-6)
 
 
 def test_lovasz_rejects_an_unknown_class_choice():
     with pytest.raises(ValueError, match="present"):
-        LovaszSoftmaxLoss(classes="some")
+        LovaszLoss(classes="some")
 
 
 # ------------------------------------------------------------------------------- Tversky

@@ -33,6 +33,8 @@ MOVED_TARGETS: dict[str, str] = {
     # Before segkit.schedules: the schedules' first address, still in the scheduler config of older checkpoints.
     "segkit.optim.poly": "segkit.training.schedules.poly",
     "segkit.optim.cosine": "segkit.training.schedules.cosine",
+    # 0.2.0, issue 22: Lovász for every task (Lovász-Softmax, or the Lovász hinge of sigmoid outputs).
+    "segkit.training.losses.LovaszSoftmaxLoss": "segkit.training.losses.LovaszLoss",
 }
 
 # An old address inside an override's value (`loss._target_=segkit.losses.DiceLoss`, or in a dict of one), whole.

@@ -18,6 +18,7 @@ from segkit.data.dataset import collate
 from segkit.data.files import DataError
 from segkit.data.sampling import EpochSampler
 from segkit.machine import default_pin_memory, resolve_num_workers
+from segkit.task_kind import TaskKind
 
 SPLITS = ("train", "val", "test")
 # The splits each Lightning stage loads.
@@ -61,6 +62,8 @@ class SegDataModule(L.LightningDataModule):
             of the Trainer the datamodule is attached to, at most 8 each (2 on a CPU run; segkit.machine).
         pin_memory: page-locked batches; None: when the Trainer trains on CUDA GPUs.
         crop_size: (H, W) of training images (the crop the augmentation pipelines take).
+        task: what a pixel's label is (segkit.task_kind): "multiclass" (masks of class ids), "binary" (class ids
+            0 and 1 of the negative and positive class) or "multilabel" (masks (C, H, W), 1 per label a pixel has).
 
     Example:
         >>> from segkit.data import SegDataModule
@@ -82,8 +85,11 @@ class SegDataModule(L.LightningDataModule):
         num_workers: int | str = 0,
         pin_memory: bool | None = None,
         crop_size: Sequence[int] | None = None,
+        task: str = "multiclass",
     ) -> None:
         super().__init__()
+        self.task = TaskKind(task)
+        self.task.check_classes(num_classes, class_names)
         if len(class_names) != num_classes or len(palette) != num_classes:
             raise ValueError(
                 f"data.num_classes is {num_classes} but data.class_names has {len(class_names)} entries and "

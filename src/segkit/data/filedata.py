@@ -19,6 +19,7 @@ from segkit.data.transforms import SeededPipeline, build_pipeline
 log = logging.getLogger(__name__)
 
 VERIFY_MODES = ("quick", "full", "off")
+LABEL_LAYOUTS = ("folders", "file")
 MAX_PROBLEMS_SHOWN = 12
 
 
@@ -43,6 +44,10 @@ class FileDataModule(SegDataModule):
         repeat: the train split listed that many times per epoch (small datasets: more random crops between
             validations).
         verify: the start-up check: "quick" (pairs and headers of every file, some decoded), "full" or "off".
+        label_layout: a multi-label task's masks (`task: multilabel`): "folders", a mask per label and image,
+            `<mask_dir>/<label>/<key><mask_suffix>` with the labels' names from class_names; or "file", one file per
+            image holding every label's plane (`mask_suffix` .tif/.tiff, multi-page or multi-band, or .npy), (C, H,
+            W) or (H, W, C). Each plane's values are encoded with mask_encoding (index: 0/1; values: e.g. [0, 255]).
         **common: `SegDataModule`'s arguments (class facts, batch sizes, workers, `crop_size`).
 
     Example:
@@ -66,14 +71,24 @@ class FileDataModule(SegDataModule):
         image_max_value: float | None = None,
         repeat: int = 1,
         verify: str = "quick",
+        label_layout: str = "folders",
         **common: Any,
     ) -> None:
         super().__init__(**common)
         if verify not in VERIFY_MODES:
             raise ValueError(f"data.verify={verify!r} is not one of {VERIFY_MODES}.")
+        if label_layout not in LABEL_LAYOUTS:
+            raise ValueError(f"data.label_layout={label_layout!r} is not one of {LABEL_LAYOUTS}.")
+        multilabel = self.task.multilabel
+        if multilabel and mask_encoding == "rgb":
+            raise ValueError(
+                "data.task=multilabel takes masks of 0/1 per label, not colours (data.mask_encoding=rgb). Fix: "
+                "mask_encoding=index (0/1) or values (e.g. mask_values=[0,255]), with a plane or file per label."
+            )
+        self.label_layout = label_layout if multilabel else None
         self.root = Path(root).expanduser()
         self.encoding = MaskEncoding(
-            self.num_classes,
+            2 if multilabel else self.num_classes,  # each label's plane: without (0) or with (1)
             self.ignore_index,
             encoding=mask_encoding,
             values=mask_values,
@@ -109,6 +124,7 @@ class FileDataModule(SegDataModule):
             transform=SeededPipeline(pipeline) if pipeline is not None else None,
             image_max_value=self.image_max_value,
             repeat=self.repeat if split == "train" else 1,
+            num_labels=self.num_classes if self.task.multilabel else None,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -67,6 +67,11 @@ def read_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file's header, without decoding the pixels."""
     path = Path(path)
     try:
+        if path.suffix.lower() == ".npy":  # a multi-label stack: (C, H, W) or (H, W, C), channels the fewer
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            if len(shape) == 3:
+                shape = shape[:2] if shape[-1] < shape[0] else shape[1:]
+            return int(shape[0]), int(shape[1])
         if _is_tiff(path):
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
@@ -161,6 +166,29 @@ def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
                 path=path,
             )
     return mask.astype(np.int64, copy=False)
+
+
+def read_mask_stack(path: Path) -> np.ndarray:
+    """A multi-label mask file's stored values as an integer array: every page/band of a TIFF, or an NPY array
+    (read as data: no pickled objects)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            stack = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise _not_found(path) from None
+        except (OSError, ValueError) as err:
+            raise _unreadable(path, err) from err
+    else:
+        stack = _decode(path)
+    if not np.issubdtype(stack.dtype, np.integer) and not np.issubdtype(stack.dtype, np.bool_):
+        if not np.array_equal(stack, np.round(stack)):
+            raise DataError(
+                f"{path}: mask values are not whole numbers ({stack.dtype}). Fix: store 0/1 per label.",
+                kind="bad mask values",
+                path=path,
+            )
+    return stack.astype(np.int64, copy=False)
 
 
 def image_scale(dtype: np.dtype, max_value: float | None = None) -> float:

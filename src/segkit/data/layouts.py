@@ -134,7 +134,8 @@ class FolderDataModule(FileDataModule):
             keys = list_keys(image_dir, self.image_suffixes) if image_dir.is_dir() else {}
             # With ratio splits every split lists the same folders: their strays are reported once, in the first.
             if self.split_by == "folders" or split == next(s for s in SPLITS if s in self.splits):
-                masks = list_keys(mask_dir, (self.mask_suffix,)) if mask_dir.is_dir() else {}
+                listed = mask_dir / self.class_names[0] if self.label_layout == "folders" else mask_dir
+                masks = list_keys(listed, (self.mask_suffix,)) if listed.is_dir() else {}
                 problems += [
                     Problem(
                         str(path),
@@ -150,22 +151,32 @@ class FolderDataModule(FileDataModule):
                 keys = _ratio_split(keys, self.splits, split, self.split_seed)
         samples = []
         for key, image in keys.items():
-            mask = mask_dir / f"{key}{self.mask_suffix}"
-            link = broken_link(image) or broken_link(mask)
+            masks = self.mask_files(mask_dir, key)
+            link = broken_link(image) or next(filter(None, map(broken_link, masks)), None)
+            missing = [mask for mask in masks if not mask.is_file()]
             if link is not None:
-                problems.append(Problem(str(image if broken_link(image) else mask), "broken link", link))
-            elif mask.is_file():
-                samples.append(Sample(image, mask, key))
+                broken = image if broken_link(image) else next(m for m in masks if broken_link(m))
+                problems.append(Problem(str(broken), "broken link", link))
+            elif not missing:
+                labels = tuple(masks) if self.label_layout == "folders" else ()
+                samples.append(Sample(image, masks[0], key, label_masks=labels))
             else:
+                which = "a mask per label, " if self.label_layout == "folders" else ""
                 problems.append(
                     Problem(
                         str(image),
                         "missing mask",
-                        f"{image}: no mask; expected {mask}. Fix: add the mask, remove the image, or set "
-                        f"data.mask_dir / data.mask_suffix.",
+                        f"{image}: no mask; expected {which}{', '.join(map(str, missing))}. Fix: add the mask, remove "
+                        f"the image, or set data.mask_dir / data.mask_suffix.",
                     )
                 )
         return samples, problems
+
+    def mask_files(self, mask_dir: Path, key: str) -> list[Path]:
+        """The mask file(s) of an image: one, or with a multi-label task's label folders one per label."""
+        if self.label_layout == "folders":
+            return [mask_dir / label / f"{key}{self.mask_suffix}" for label in self.class_names]
+        return [mask_dir / f"{key}{self.mask_suffix}"]
 
     def _listed_images(self, split: str, image_dir: Path) -> tuple[dict[str, Path], list[Problem]]:
         list_file = self.root / str(self.splits[split])

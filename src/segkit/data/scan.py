@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from segkit.data.dataset import SegmentationFiles, check_sizes
+from segkit.data.dataset import Sample, SegmentationFiles, check_sizes
 from segkit.data.files import DataError, read_size
 
 
@@ -62,13 +62,18 @@ class _FileScan(Dataset):
                 image, mask = self.dataset.load(index)
                 out["size"] = image.shape[:2]
                 out["dtype"] = str(image.dtype)
-                encoding = self.dataset.encoding
-                labelled = mask[mask != encoding.ignore_index] if encoding.ignore_index is not None else mask
-                out["hist"] = np.bincount(labelled.ravel(), minlength=encoding.num_classes).tolist()
-                out["ignore"] = int(mask.size - labelled.size)
+                ignore_index = self.dataset.encoding.ignore_index
+                ignored = int((mask == ignore_index).sum()) if ignore_index is not None else 0
+                if mask.ndim == 3:  # multi-label: the pixels having each label
+                    out["hist"] = (mask == 1).sum((1, 2)).tolist()
+                else:
+                    labelled = mask[mask != ignore_index] if ignore_index is not None else mask
+                    out["hist"] = np.bincount(labelled.ravel(), minlength=self.dataset.num_classes).tolist()
+                out["ignore"] = ignored
             else:
                 out["size"] = read_size(sample.image)
-                check_sizes(sample, out["size"], read_size(sample.mask))
+                for path in sample.label_masks or (sample.mask,):
+                    check_sizes(Sample(sample.image, path, sample.name), out["size"], read_size(path))
         except DataError as err:
             out["problem"] = (err.kind, str(err), err.path or str(sample.image))
         return out
@@ -83,7 +88,7 @@ def scan_split(
 ) -> tuple[SplitReport, list[Problem]]:
     n = len(dataset.samples)
     decode = set(range(n)) if full else set(np.linspace(0, n - 1, min(n, num_samples_decoded)).astype(int).tolist())
-    report = SplitReport(split, num_samples=n, class_pixels=np.zeros(dataset.encoding.num_classes, dtype=np.int64))
+    report = SplitReport(split, num_samples=n, class_pixels=np.zeros(dataset.num_classes, dtype=np.int64))
     problems: list[Problem] = []
     if n == 0:
         return report, problems

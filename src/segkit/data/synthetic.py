@@ -1,7 +1,9 @@
 """The embedded default dataset: shapes drawn on the fly, deterministic for a seed, nothing on disk.
 
 Every object and the background get a random colour, so colour says nothing about the class; a
-model has to use shape (disc, square, triangle) and texture (flat, striped, checkered).
+model has to use shape (disc, square, triangle) and texture (flat, striped, checkered). For a multi-label task
+(`data=synthetic_multilabel`) the shapes are the labels and are drawn translucent, so that where they overlap a
+pixel carries both labels and both textures show through.
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ class SyntheticShapes(Dataset):
         noise: float = 0.05,
         seed: int = 0,
         stream: int = 0,
+        multilabel: bool = False,
     ) -> None:
-        if not 2 <= num_classes <= len(SHAPES) + 1:
+        low, high = (1, len(SHAPES)) if multilabel else (2, len(SHAPES) + 1)
+        if not low <= num_classes <= high:
+            what = "labels, one per shape" if multilabel else "classes: background and"
             raise ValueError(
-                f"SyntheticShapes draws background + up to {len(SHAPES)} shapes {SHAPES}; "
-                f"num_classes={num_classes} is outside 2..{len(SHAPES) + 1}."
+                f"SyntheticShapes draws {what} up to {len(SHAPES)} shapes {SHAPES}; num_classes={num_classes} is "
+                f"outside {low}..{high}."
             )
+        self.multilabel = multilabel
         self.num_samples = num_samples
         self.size = (int(image_size[0]), int(image_size[1]))
         self.num_classes = num_classes
@@ -62,19 +68,25 @@ class SyntheticShapes(Dataset):
         # Background: a random colour with a gentle random gradient.
         gradient = (rng.uniform(-0.3, 0.3) * xx / w + rng.uniform(-0.3, 0.3) * yy / h)[None]
         image = rng.uniform(0.15, 0.85, (channels, 1, 1)).astype(np.float32) + gradient
-        mask = np.zeros((h, w), dtype=np.int64)
+        mask = np.zeros((self.num_classes, h, w) if self.multilabel else (h, w), dtype=np.int64)
         scale = min(h, w)
+        first = 0 if self.multilabel else 1  # label 0 is the disc; class 0 the background
         for _ in range(rng.integers(1, self.max_objects + 1)):
-            cls = int(rng.integers(1, self.num_classes))
+            cls = int(rng.integers(first, self.num_classes))
             radius = rng.uniform(0.12, 0.3) * scale
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
             theta = rng.uniform(0, 2 * np.pi)
             u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
             v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
-            region, texture = _shape(SHAPES[cls - 1], u, v, radius, rng)
+            region, texture = _shape(SHAPES[cls - first], u, v, radius, rng)
             colour = rng.uniform(0.0, 1.0, (channels, 1)).astype(np.float32)
-            image[:, region] = colour * (0.55 + 0.45 * texture[region])[None]
-            mask[region] = cls
+            drawn = colour * (0.55 + 0.45 * texture[region])[None]
+            if self.multilabel:  # translucent: what lies below shows through
+                image[:, region] = 0.5 * image[:, region] + 0.5 * drawn
+                mask[cls][region] = 1
+            else:
+                image[:, region] = drawn
+                mask[region] = cls
         image = image + self.noise * rng.standard_normal(image.shape).astype(np.float32)
         return np.clip(image, 0.0, 1.0).astype(np.float32), mask
 
@@ -109,7 +121,8 @@ class SyntheticDataModule(SegDataModule):
         max_objects: at most this many shapes an image.
         noise: the standard deviation of the Gaussian noise added.
         seed: the draw (the splits are drawn apart from it).
-        **common: `SegDataModule`'s arguments; num_classes from 2 (background and discs) to 4.
+        **common: `SegDataModule`'s arguments; num_classes from 2 (background and discs) to 4, or with
+            task=multilabel from 1 to 3 labels (disc, square, triangle), and masks (C, H, W).
 
     Example:
         >>> from segkit.data import SyntheticDataModule
@@ -146,5 +159,6 @@ class SyntheticDataModule(SegDataModule):
             in_channels=self.in_channels,
             seed=self.seed,
             stream=SPLIT_STREAMS[split],
+            multilabel=self.task.multilabel,
             **self.options,
         )

@@ -12,14 +12,15 @@ class SegmentationModel(nn.Module):
     """Subclasses build `self.decoder` from `self.backbone.channels/strides`; it maps
     `(features, input_size)` to logits of exactly `input_size`. Images a backbone must pad (to a multiple of
     a window, say) are decoded at the padded size and the logits cropped, so every model returns
-    `(B, num_classes, H, W)` for any H, W."""
+    `(B, num_classes, H, W)` for any H, W. `num_classes` is the number of output channels: one per class, or one
+    for a binary task (the positive class's logit, segkit.task_kind)."""
 
     decoder: nn.Module
 
     def __init__(self, backbone: dict, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2 (got {num_classes}); a binary task has 2 classes.")
+        if num_classes < 1:
+            raise ValueError(f"num_classes (the output channels) must be at least 1, got {num_classes}.")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.backbone = Backbone(**backbone, in_channels=in_channels)

@@ -52,8 +52,30 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: i
     return lut[np.clip(mask, 0, 255)]
 
 
+def colorize_labels(
+    mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-label mask (C, H, W) as colours (H, W, 3), the mean of the colours of each pixel's labels (black where
+    it has none), and where it has at least one label (H, W)."""
+    on = (mask == 1).astype(np.float32)
+    count = on.sum(0)
+    colour = np.einsum("chw,ck->hwk", on, np.asarray(palette, dtype=np.float32)[: len(mask)])
+    colour = (colour / np.maximum(count, 1)[..., None]).round().astype(np.uint8)
+    return colour, count > 0
+
+
 def overlay(rgb: np.ndarray, mask: np.ndarray, palette, ignore_index: int | None, alpha: float = 0.5) -> np.ndarray:
-    """The mask's class colours blended over the image; ignored pixels opaque in `ignore_colour(palette)`."""
+    """The mask's class colours blended over the image; ignored pixels opaque in `ignore_colour(palette)`. A
+    multi-label mask (C, H, W) blends the mean colour of each pixel's labels where it has any, and shows ignored
+    only where every label is unknown."""
+    if mask.ndim == 3:
+        colour, labelled = colorize_labels(mask, palette, ignore_index)
+        blended = rgb.copy()
+        mixed = ((1 - alpha) * rgb.astype(np.float32) + alpha * colour.astype(np.float32)).round().astype(np.uint8)
+        blended[labelled] = mixed[labelled]
+        if ignore_index is not None:
+            blended[(mask == ignore_index).all(0)] = ignore_colour(palette)
+        return blended
     colour = colorize(mask, palette, ignore_index)
     blended = ((1 - alpha) * rgb.astype(np.float32) + alpha * colour.astype(np.float32)).round().astype(np.uint8)
     if ignore_index is not None:
@@ -100,6 +122,13 @@ def legend(class_names: Sequence[str], palette, width: int, ignore_index: int | 
     return np.asarray(strip)
 
 
+def save_grey_png(path: Path, mask: np.ndarray) -> None:
+    """A mode-L PNG of a 0/1 mask as 0/255: how binary masks are usually stored (and read back with
+    mask_encoding=values, mask_values=[0, 255])."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((mask > 0).astype(np.uint8) * 255, mode="L").save(path, format="PNG")
+
+
 def save_index_png(path: Path, mask: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
     """A mode-P PNG: pixel values are class ids, the palette colours them."""
     if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
@@ -113,7 +142,12 @@ def save_index_png(path: Path, mask: np.ndarray, palette: Sequence[Sequence[int]
 
 def confusion_heatmap(confmat: np.ndarray, names: Sequence[str], cell: int = 0) -> Image.Image:
     """Each row (a ground-truth class) normalised to sum to 1, white (0) to dark blue (1), values written in
-    the cells while they fit."""
+    the cells while they fit. A multi-label task's (C, 2, 2) counts: one 2 x 2 map per label, side by side."""
+    if confmat.ndim == 3:
+        tiles = [
+            np.asarray(confusion_heatmap(m, [f"not {name}", str(name)], cell=48)) for m, name in zip(confmat, names)
+        ]
+        return Image.fromarray(grid(tiles, columns=min(len(tiles), 3)))
     n = len(names)
     cell = cell or max(12, min(48, 720 // max(n, 1)))
     rows = confmat.sum(axis=1, keepdims=True)

@@ -12,7 +12,9 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from segkit.reports.drawing import overlay, save_index_png, to_rgb
+from segkit.reports.drawing import overlay, save_grey_png, save_index_png, to_rgb
+
+LABEL_FORMATS = ("png", "tiff")
 
 
 class PredictionTable(L.Callback):
@@ -50,10 +52,17 @@ class PredictionTable(L.Callback):
             gt, pr = mask.cpu().numpy().astype(np.int64), pred.cpu().numpy().astype(np.int64)
             labelled = gt != self.ignore_index if self.ignore_index is not None else np.ones_like(gt, bool)
             accuracy = float((gt == pr)[labelled].mean()) if labelled.any() else float("nan")
-            masks = {
-                "ground_truth": {"mask_data": gt, "class_labels": self.labels},
-                "prediction": {"mask_data": pr, "class_labels": self.labels},
-            }
+            if gt.ndim == 3:  # multi-label: a mask per label (W&B's masks are class maps)
+                masks = {}
+                for c, label in list(self.labels.items())[: len(gt)]:
+                    labels = {0: f"not {label}", 1: label, **({2: "ignore"} if self.ignore_index is not None else {})}
+                    masks[f"{label} (truth)"] = {"mask_data": np.where(labelled[c], gt[c], 2), "class_labels": labels}
+                    masks[f"{label} (predicted)"] = {"mask_data": pr[c], "class_labels": labels}
+            else:
+                masks = {
+                    "ground_truth": {"mask_data": gt, "class_labels": self.labels},
+                    "prediction": {"mask_data": pr, "class_labels": self.labels},
+                }
             self.rows.append([name, wandb.Image(to_rgb(image), masks=masks), accuracy])
 
     def _log(self, trainer: L.Trainer, split: str) -> None:
@@ -79,15 +88,20 @@ class PredictionTable(L.Callback):
 
 
 class MaskWriter(L.Callback):
-    """Writes each predicted mask as `<masks_dir>/<name>.png` (palette PNG) and, when `overlays_dir` is set, the
-    image with the prediction over it as `<overlays_dir>/<name>.png`. Works for validate, test and predict:
-    predict.py writes its masks with it, evaluate.py with `save_predictions=true`.
+    """Writes each predicted mask and, when `overlays_dir` is set, the image with the prediction over it as
+    `<overlays_dir>/<name>.png`. The masks, by task: multiclass `<masks_dir>/<name>.png` (a palette PNG of class ids);
+    binary `<masks_dir>/<name>.png` (0/255 grey); multilabel a 0/255 PNG per label, `<masks_dir>/<label>/<name>.png`,
+    or with `label_format="tiff"` one `<masks_dir>/<name>.tif` of 0/1 pages, one per label. Works for validate, test
+    and predict: predict.py writes its masks with it, evaluate.py with `save_predictions=true`.
 
     Args:
-        masks_dir: the folder of the masks (class ids, coloured by the palette; names as the batch's `name`).
+        masks_dir: the folder of the masks (names as the batch's `name`).
         palette: one RGB colour per class.
         overlays_dir: the folder of the overlays, or None for none.
         ignore_index: class id drawn as ignored in the overlays.
+        task: the checkpoint's `data.task`: multiclass, binary or multilabel.
+        class_names: the labels' names (multilabel's folders).
+        label_format: multilabel: "png" (a folder per label) or "tiff" (one multi-page file per image).
 
     Example:
         >>> import numpy as np, torch
@@ -102,16 +116,47 @@ class MaskWriter(L.Callback):
         palette: Sequence[Sequence[int]],
         overlays_dir: str | Path | None = None,
         ignore_index: int | None = None,
+        task: str = "multiclass",
+        class_names: Sequence[str] | None = None,
+        label_format: str = "png",
     ) -> None:
+        if label_format not in LABEL_FORMATS:
+            raise ValueError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
         self.masks_dir = Path(masks_dir)
         self.overlays_dir = Path(overlays_dir) if overlays_dir else None
         self.palette = [list(c) for c in palette]
         self.ignore_index = ignore_index
+        self.task = task
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(len(self.palette))]
+        self.label_format = label_format
         self.written = 0
+
+    def mask_path(self, name: str) -> Path:
+        """Where an image's mask goes (a multi-label PNG's: the folder of its first label)."""
+        if self.task == "multilabel":
+            return self.masks_dir / (
+                f"{name}.tif" if self.label_format == "tiff" else f"{self.class_names[0]}/{name}.png"
+            )
+        return self.masks_dir / f"{name}.png"
+
+    def save_mask(self, pred: np.ndarray, name: str) -> None:
+        if self.task == "binary":
+            save_grey_png(self.mask_path(name), pred)
+        elif self.task == "multilabel" and self.label_format == "tiff":
+            import tifffile
+
+            path = self.mask_path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(path, pred.astype(np.uint8), photometric="minisblack", compression="zlib")
+        elif self.task == "multilabel":
+            for label, plane in zip(self.class_names, pred):
+                save_grey_png(self.masks_dir / label / f"{name}.png", plane)
+        else:
+            save_index_png(self.mask_path(name), pred, self.palette)
 
     def write(self, images: torch.Tensor, preds: torch.Tensor, names: Sequence[str]) -> None:
         for image, pred, name in zip(images, preds.cpu().numpy(), names):
-            save_index_png(self.masks_dir / f"{name}.png", pred, self.palette)
+            self.save_mask(pred, name)
             if self.overlays_dir is not None:
                 picture = overlay(to_rgb(image), pred, self.palette, self.ignore_index)
                 path = self.overlays_dir / f"{name}.png"

@@ -39,7 +39,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     callbacks = []
     if cfg.get("save_predictions"):
         palette, ignore_index = datamodule.palette, datamodule.ignore_index
-        callbacks.append(MaskWriter(output_dir / "predictions", palette, ignore_index=ignore_index))
+        callbacks.append(
+            MaskWriter(
+                output_dir / "predictions",
+                palette,
+                ignore_index=ignore_index,
+                task=module.task.name,
+                class_names=datamodule.class_names,
+                label_format=cfg.get("label_format", "png"),
+            )
+        )
     if cfg.get("log_table"):
         callbacks.append(PredictionTable(datamodule.class_names, datamodule.ignore_index, max_rows=cfg.log_table))
     trainer = build_trainer(cfg, callbacks)
@@ -49,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         metrics = split_metrics(trainer.callback_metrics, split)
     finally:
         finish_wandb()
-    report = build_report(module.last_confusion[split], datamodule.class_names)
+    report = build_report(module.last_confusion[split], datamodule.class_names, module.task.name)
     if trainer.is_global_zero:
         text = print_report(report, f"{split} of {cfg.ckpt_path} ({module.inference})")
         write_report_files(report, output_dir)

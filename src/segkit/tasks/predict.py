@@ -53,7 +53,7 @@ class _Writer(MaskWriter):
             try:
                 super().write(images[i : i + 1], preds[i : i + 1], [name])
             except (OSError, ValueError) as err:
-                self.failed[name] = f"its mask cannot be written as {self.masks_dir / name}.png ({err})."
+                self.failed[name] = f"its mask cannot be written as {self.mask_path(name)} ({err})."
             else:
                 self.done.add(name)
 
@@ -73,6 +73,9 @@ def predict(cfg: DictConfig) -> Path:
         data["palette"],
         overlays_dir=output / "overlays" if cfg.overlays else None,
         ignore_index=data.get("ignore_index"),
+        task=module.task.name,
+        class_names=data["class_names"],
+        label_format=cfg.get("label_format", "png"),
     )
     if len(batches):
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[writer])

@@ -4,8 +4,10 @@
   back to the original size before the argmax.
 - slide: windows of `crop_size` every `stride` pixels, logits of overlapping windows averaged (as in
   MMSegmentation); an image smaller than a window is padded, and the padding cut off again.
-- test-time augmentation: every scale in `scales`, each also flipped horizontally when `flip`; softmax
-  probabilities, resized to the image, are averaged.
+- test-time augmentation: every scale in `scales`, each also flipped horizontally when `flip`; the task's
+  probabilities (softmax, or sigmoid for binary and multi-label tasks), resized to the image, are averaged.
+
+Binary and multi-label predictions are the probabilities at or above `threshold`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit.task_kind import TaskKind
+
 MODES = ("whole", "slide")
+MULTICLASS = TaskKind("multiclass")
 
 
 class Inference:
@@ -32,6 +37,7 @@ class Inference:
         stride: (H, W) steps between windows; by default two thirds of a window.
         scales: the image is resized by each, the logits resized back; their softmax probabilities are averaged.
         flip: also every scale flipped horizontally.
+        threshold: binary and multi-label tasks: a label is predicted where its probability reaches it.
 
     Example:
         >>> import torch
@@ -41,6 +47,8 @@ class Inference:
         >>> tta = Inference(mode="slide", crop_size=(32, 32), scales=[0.75, 1.0], flip=True)
         >>> tta(net, torch.rand(1, 3, 45, 61)).shape
         torch.Size([1, 3, 45, 61])
+        >>> tta.predict(net, torch.rand(1, 3, 45, 61)).shape  # class ids
+        torch.Size([1, 45, 61])
     """
 
     def __init__(
@@ -50,6 +58,7 @@ class Inference:
         stride: Sequence[int] | None = None,
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
+        threshold: float = 0.5,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"inference.mode={mode!r} is not one of {MODES}.")
@@ -62,6 +71,9 @@ class Inference:
         self.stride = tuple(int(s) for s in (stride or default_stride)) if mode == "slide" else None
         self.scales = [float(s) for s in scales] or [1.0]
         self.flip = flip
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"inference.threshold={threshold} must lie strictly between 0 and 1.")
+        self.threshold = float(threshold)
 
     @property
     def is_plain(self) -> bool:
@@ -71,12 +83,18 @@ class Inference:
     def __repr__(self) -> str:
         return (
             f"Inference(mode={self.mode}, crop_size={self.crop_size}, stride={self.stride}, scales={self.scales}, "
-            f"flip={self.flip})"
+            f"flip={self.flip}, threshold={self.threshold})"
         )
 
     @torch.no_grad()
-    def __call__(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (B, num_classes, H, W), float32."""
+    def predict(self, net: nn.Module, images: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
+        """The task's prediction (segkit.task_kind): class ids (B, H, W), or multi-label's (B, C, H, W) 0/1."""
+        return task.decide(self(net, images, task), self.threshold)
+
+    @torch.no_grad()
+    def __call__(self, net: nn.Module, images: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
+        """Class probabilities (B, num_classes, H, W), float32 (a binary task's: the negative and the positive
+        class's, from its one output channel)."""
         size = images.shape[-2:]
         total, passes = None, 0
         for scale in self.scales:
@@ -91,7 +109,7 @@ class Inference:
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != size:
                     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-                probs = logits.float().softmax(dim=1)
+                probs = task.probabilities(logits)
                 total = probs if total is None else total + probs
                 passes += 1
         return total / passes
@@ -130,7 +148,7 @@ def build_inference(cfg: dict | None, data: dict) -> Inference:
     Example:
         >>> from segkit.training.inference import build_inference
         >>> build_inference({"mode": "slide"}, {"crop_size": [64, 96]})
-        Inference(mode=slide, crop_size=(64, 96), stride=(42, 64), scales=[1.0], flip=False)
+        Inference(mode=slide, crop_size=(64, 96), stride=(42, 64), scales=[1.0], flip=False, threshold=0.5)
     """
     cfg = dict(cfg or {})
     if cfg.get("mode") == "slide" and not cfg.get("crop_size"):

@@ -21,9 +21,10 @@ from torchmetrics import MaxMetric, MeanMetric
 from segkit.config.trust import check_targets, safe_instantiate
 from segkit.moved import with_moved_targets
 from segkit.runs.checkpoints import load_state, read_checkpoint, stored_hparams, without_weight_sources
+from segkit.task_kind import TaskKind
 from segkit.training.freezing import BackboneFreezing, all_trainable, backbone_group_indices
 from segkit.training.inference import Inference
-from segkit.training.metrics import class_ids, confusion_metric, named_scores, scores_from_confusion
+from segkit.training.metrics import confusion_metric, named_scores, scores_from_confusion
 from segkit.training.param_groups import KEY as PARAM_GROUPS_KEY
 from segkit.training.param_groups import build_optimizer
 from segkit.training.schedules import WarmupDecayLR
@@ -92,7 +93,11 @@ class SegmentationModule(L.LightningModule):
         self.num_classes = int(data["num_classes"])
         self.class_names = list(data["class_names"])
         self.ignore_index = data.get("ignore_index")
+        self.task = TaskKind.of(data)
+        self.task.check_classes(self.num_classes, self.class_names)
         model = dict(model)
+        # The network's output channels follow the task (binary: one logit, the positive class's).
+        model["num_classes"] = self.task.out_channels(self.num_classes)
         # Speed switches of the model config, not arguments of the network.
         self.channels_last = bool(model.pop("channels_last", False))
         compile_net = bool(model.pop("compile", False))
@@ -109,9 +114,8 @@ class SegmentationModule(L.LightningModule):
         # Kept outside the module tree, so state_dict keys (and checkpoints) stay those of the plain network.
         self.__dict__["compiled_net"] = torch.compile(self.net) if compile_net else None
         self.criterion = safe_instantiate(loss, source=HPARAMS_SOURCE, trusted=self.trusted_modules, key="loss")
-        self.train_confusion = confusion_metric(self.num_classes, self.ignore_index)
-        self.val_confusion = confusion_metric(self.num_classes, self.ignore_index)
-        self.test_confusion = confusion_metric(self.num_classes, self.ignore_index)
+        for split in ("train", "val", "test"):
+            setattr(self, f"{split}_confusion", confusion_metric(self.num_classes, self.ignore_index, self.task.name))
         self.val_miou_best = MaxMetric()
         # The training epoch's own sums travel in checkpoints: a run stopped mid-epoch and resumed reports the
         # epoch's loss and scores over all its batches, and a resumed run keeps its best score.
@@ -210,9 +214,9 @@ class SegmentationModule(L.LightningModule):
         if split == "train" or self.inference.is_plain:
             logits = self(images)
             loss = self.criterion(logits, masks)
-            preds = class_ids(logits)
+            preds = self.task.predict(logits, self.inference.threshold)
         else:  # windows or test-time augmentation: averaged probabilities, no training loss to compare
-            preds = class_ids(self.inference(self, images))
+            preds = self.inference.predict(self, images, self.task)
         getattr(self, f"{split}_confusion").update(preds, masks)
         if loss is None:
             return loss, preds
@@ -235,7 +239,7 @@ class SegmentationModule(L.LightningModule):
         return {"loss": loss, "preds": preds}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"preds": class_ids(self.inference(self, batch["image"])), "names": batch["name"]}
+        return {"preds": self.inference.predict(self, batch["image"], self.task), "names": batch["name"]}
 
     def _log_epoch_scores(self, split: str) -> dict[str, torch.Tensor]:
         confusion = getattr(self, f"{split}_confusion")
@@ -245,7 +249,7 @@ class SegmentationModule(L.LightningModule):
         confusion.reset()
         # Identical on every rank already; sync_dist (a mean of equal values, once per epoch) only keeps
         # Lightning from warning about unsynced epoch-level values under DDP.
-        flat = named_scores(split, scores, self.class_names)
+        flat = named_scores(split, scores, self.class_names, self.task.name)
         self.log(f"{split}/mIoU", flat.pop(f"{split}/mIoU"), prog_bar=True, sync_dist=True)
         self.log_dict(flat, sync_dist=True)
         return scores
@@ -395,7 +399,7 @@ def load_module(path: str | Path, trusted: Sequence[str] = ()) -> SegmentationMo
         >>> import torch
         >>> from segkit.training.module import load_module
         >>> module = load_module("logs/train/runs/<run>/checkpoints/last.ckpt")  # doctest: +SKIP
-        >>> probabilities = module.inference(module, torch.rand(1, 3, 512, 512))  # doctest: +SKIP
+        >>> probabilities = module.inference(module, torch.rand(1, 3, 512, 512), module.task)  # doctest: +SKIP
         >>> logits = module.net(torch.rand(1, 3, 512, 512))  # doctest: +SKIP
     """
     path = Path(path).expanduser()
