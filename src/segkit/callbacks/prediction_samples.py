@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
 from segkit.reports.drawing import grid, sample_panel, to_rgb
+from segkit.reports.predictions import wandb_masks
 
 
 def spread_positions(count: int, k: int, seed: int) -> list[int]:
@@ -111,16 +112,8 @@ class PredictionSamples(L.Callback):
         self._samples = []
 
     def _log_wandb(self, logger: WandbLogger, data: dict, step: int) -> None:
-        labels = dict(enumerate(data["class_names"]))
-        if data.get("ignore_index") is not None:
-            labels[int(data["ignore_index"])] = "ignore"
-        masks = [
-            {
-                "ground_truth": {"mask_data": gt.numpy().astype(np.int64), "class_labels": labels},
-                "prediction": {"mask_data": pr.numpy().astype(np.int64), "class_labels": labels},
-            }
-            for _, gt, pr in self._samples
-        ]
+        names, ignore_index = data["class_names"], data.get("ignore_index")
+        masks = [wandb_masks(gt.numpy(), pr.numpy(), names, ignore_index) for _, gt, pr in self._samples]
         logger.log_image(
             key="val/predictions", images=[to_rgb(img) for img, _, _ in self._samples], masks=masks, step=step
         )

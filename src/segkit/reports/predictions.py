@@ -17,6 +17,27 @@ from segkit.reports.drawing import overlay, save_grey_png, save_index_png, to_rg
 LABEL_FORMATS = ("png", "tiff")
 
 
+def wandb_masks(gt: np.ndarray, pred: np.ndarray, class_names: Sequence[str], ignore_index: int | None) -> dict:
+    """W&B's interactive masks of one image (`wandb.Image(..., masks=)`): ground truth and prediction as class maps,
+    or for a multi-label task (masks (C, H, W)) a pair per label, since W&B's masks hold one class per pixel."""
+    gt, pred = gt.astype(np.int64), pred.astype(np.int64)
+    if gt.ndim == 2:
+        labels = dict(enumerate(class_names))
+        if ignore_index is not None:
+            labels[int(ignore_index)] = "ignore"
+        return {
+            "ground_truth": {"mask_data": gt, "class_labels": labels},
+            "prediction": {"mask_data": pred, "class_labels": labels},
+        }
+    masks = {}
+    for c, name in enumerate(class_names):
+        labels = {0: f"not {name}", 1: name, 2: "ignore"}
+        truth = np.where(gt[c] == ignore_index, 2, gt[c]) if ignore_index is not None else gt[c]
+        masks[f"{name} (truth)"] = {"mask_data": truth, "class_labels": labels}
+        masks[f"{name} (predicted)"] = {"mask_data": pred[c], "class_labels": labels}
+    return masks
+
+
 class PredictionTable(L.Callback):
     """A W&B table of the first `max_rows` evaluated images: name, the image with ground truth and prediction
     as interactive masks, and the image's own pixel accuracy (to sort by the worst). evaluate.py adds it with
@@ -35,9 +56,7 @@ class PredictionTable(L.Callback):
     """
 
     def __init__(self, class_names: Sequence[str], ignore_index: int | None, max_rows: int = 32) -> None:
-        self.labels = dict(enumerate(class_names))
-        if ignore_index is not None:
-            self.labels[int(ignore_index)] = "ignore"
+        self.class_names = list(class_names)
         self.ignore_index = ignore_index
         self.max_rows = max_rows
         self.rows: list[list] = []
@@ -52,17 +71,7 @@ class PredictionTable(L.Callback):
             gt, pr = mask.cpu().numpy().astype(np.int64), pred.cpu().numpy().astype(np.int64)
             labelled = gt != self.ignore_index if self.ignore_index is not None else np.ones_like(gt, bool)
             accuracy = float((gt == pr)[labelled].mean()) if labelled.any() else float("nan")
-            if gt.ndim == 3:  # multi-label: a mask per label (W&B's masks are class maps)
-                masks = {}
-                for c, label in list(self.labels.items())[: len(gt)]:
-                    labels = {0: f"not {label}", 1: label, **({2: "ignore"} if self.ignore_index is not None else {})}
-                    masks[f"{label} (truth)"] = {"mask_data": np.where(labelled[c], gt[c], 2), "class_labels": labels}
-                    masks[f"{label} (predicted)"] = {"mask_data": pr[c], "class_labels": labels}
-            else:
-                masks = {
-                    "ground_truth": {"mask_data": gt, "class_labels": self.labels},
-                    "prediction": {"mask_data": pr, "class_labels": self.labels},
-                }
+            masks = wandb_masks(gt, pr, self.class_names, self.ignore_index)
             self.rows.append([name, wandb.Image(to_rgb(image), masks=masks), accuracy])
 
     def _log(self, trainer: L.Trainer, split: str) -> None:

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segkit.runs.atomic import write_json
+from segkit.task_kind import TaskKind
 from segkit.training.module import load_module
 
 FORMATS = ("onnx", "torch_export")
@@ -82,16 +83,17 @@ def export_checked(
         example = torch.rand(2, in_channels, *size)
         shapes = [[batch, *size] for batch, _, _ in shapes]
     size_text = "H, W" if size is None else f"{size[0]}, {size[1]}"
+    task = TaskKind(metadata["task"])
     metadata = {
         **metadata,
         "input": f"images: float32 (B, C, {size_text}) in [0, 1]; normalisation is inside",
-        "output": f"logits: float32 (B, num_classes, {size_text}); argmax over dim 1 gives class ids",
+        "output": OUTPUTS[task.name].format(size=size_text),
     }
     if fmt == "onnx":
         path = export_onnx(net, example, output / "model.onnx", cfg.opset, metadata, dynamic_size=size is None)
     else:
         path = export_program(net, example, output / "model.pt2", dynamic_size=size is None)
-    checks = check(net, runner(fmt, path), shapes, in_channels)
+    checks = check(net, runner(fmt, path), shapes, in_channels, task)
     worst = max(c["max_abs_diff"] for c in checks)
     entry = {
         "path": str(path),
@@ -147,7 +149,16 @@ def runner(fmt: str, path: Path):
     return lambda x: program(x).detach().numpy()
 
 
-def check(net: torch.nn.Module, run, shapes: list[list[int]], in_channels: int) -> list[dict[str, Any]]:
+OUTPUTS = {
+    "multiclass": "logits: float32 (B, num_classes, {size}); argmax over dim 1 gives class ids",
+    "binary": "logits: float32 (B, 1, {size}) of the positive class; sigmoid >= 0.5 (logit >= 0) marks it",
+    "multilabel": "logits: float32 (B, num_classes, {size}), one per label; sigmoid >= 0.5 (logit >= 0) marks each",
+}
+
+
+def check(net: torch.nn.Module, run, shapes: list[list[int]], in_channels: int, task: TaskKind) -> list[dict[str, Any]]:
+    """The exported file against PyTorch on `shapes`: the largest logit difference, and the share of pixels whose
+    prediction (the task's, at threshold 0.5) agrees."""
     results = []
     generator = torch.Generator().manual_seed(0)
     for batch, height, width in shapes:
@@ -163,7 +174,9 @@ def check(net: torch.nn.Module, run, shapes: list[list[int]], in_channels: int) 
             {
                 "input": [batch, in_channels, height, width],
                 "max_abs_diff": float(np.abs(got - expected).max()),
-                "argmax_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
+                "prediction_agreement": float(
+                    (task.predict(torch.from_numpy(got)) == task.predict(torch.from_numpy(expected))).float().mean()
+                ),
             }
         )
     return results
@@ -182,6 +195,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     shapes = [list(map(int, s)) for s in cfg.check_shapes]
     fixed = fixed_size(net, cfg, data)
     metadata = {
+        "task": TaskKind.of(data).name,
         "class_names": list(data["class_names"]),
         "palette": data["palette"],
         "in_channels": in_channels,
@@ -224,12 +238,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "checked on BxHxW",
         "MB",
         "max |logit diff|",
-        "argmax agreement",
+        "prediction agreement",
     ):
         table.add_column(column)
     for fmt, entry in summary["exports"].items():
         path = Path(entry["path"])
-        agreement = min(c["argmax_agreement"] for c in entry["checks"])
+        agreement = min(c["prediction_agreement"] for c in entry["checks"])
         size_mb = path.stat().st_size / 2**20
         size = "any" if entry["image_size"] is None else "x".join(map(str, entry["image_size"]))
         checked = ", ".join("x".join(map(str, c["input"][:1] + c["input"][2:])) for c in entry["checks"])
