@@ -62,6 +62,14 @@ class SegmentationFiles(Dataset):
         check_mask(mask, stored, sample.mask, self.encoding)
         return image, mask
 
+    def load_mask(self, index: int) -> np.ndarray:
+        """Class ids (H, W) int64 of one sample, checked, without reading its image."""
+        sample = self.samples[index % len(self.samples)]
+        stored = read_mask(sample.mask, rgb=self.encoding.rgb)
+        mask = self.encoding(stored)
+        check_mask(mask, stored, sample.mask, self.encoding)
+        return mask
+
     def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
         index, seed = split_key(key)
         image, mask = self.load(index)

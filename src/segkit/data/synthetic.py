@@ -30,6 +30,7 @@ class SyntheticShapes(Dataset):
         noise: float = 0.05,
         seed: int = 0,
         stream: int = 0,
+        shape_weights: Sequence[float] | None = None,
     ) -> None:
         if not 2 <= num_classes <= len(SHAPES) + 1:
             raise ValueError(
@@ -44,6 +45,16 @@ class SyntheticShapes(Dataset):
         self.noise = noise
         self.seed = seed
         self.stream = stream  # separates the splits drawn from one seed
+        # How often each shape class is drawn, relative to the others; None: alike (and the draws of before).
+        self.shape_probs = None
+        if shape_weights is not None:
+            weights = np.asarray(shape_weights, dtype=np.float64)
+            if len(weights) != num_classes - 1 or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(
+                    f"data.shape_weights={list(shape_weights)}: give one weight >= 0 per shape class "
+                    f"({num_classes - 1} for num_classes={num_classes}), not all 0."
+                )
+            self.shape_probs = weights / weights.sum()
 
     def __len__(self) -> int:
         return self.num_samples
@@ -65,7 +76,10 @@ class SyntheticShapes(Dataset):
         mask = np.zeros((h, w), dtype=np.int64)
         scale = min(h, w)
         for _ in range(rng.integers(1, self.max_objects + 1)):
-            cls = int(rng.integers(1, self.num_classes))
+            if self.shape_probs is None:
+                cls = int(rng.integers(1, self.num_classes))
+            else:
+                cls = 1 + int(rng.choice(self.num_classes - 1, p=self.shape_probs))
             radius = rng.uniform(0.12, 0.3) * scale
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
             theta = rng.uniform(0, 2 * np.pi)
@@ -109,6 +123,8 @@ class SyntheticDataModule(SegDataModule):
         max_objects: at most this many shapes an image.
         noise: the standard deviation of the Gaussian noise added.
         seed: the draw (the splits are drawn apart from it).
+        shape_weights: how often each shape class (disc, square, triangle, up to num_classes - 1) is drawn, relative
+            to the others, e.g. [10, 3, 1] for a rare triangle; None: alike.
         **common: `SegDataModule`'s arguments; num_classes from 2 (background and discs) to 4.
 
     Example:
@@ -132,11 +148,12 @@ class SyntheticDataModule(SegDataModule):
         max_objects: int = 6,
         noise: float = 0.05,
         seed: int = 0,
+        shape_weights: Sequence[float] | None = None,
         **common,
     ) -> None:
         super().__init__(**common)
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
-        self.options = dict(image_size=image_size, max_objects=max_objects, noise=noise)
+        self.options = dict(image_size=image_size, max_objects=max_objects, noise=noise, shape_weights=shape_weights)
         self.seed = seed
 
     def make_dataset(self, split: str) -> SyntheticShapes:
