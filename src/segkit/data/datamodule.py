@@ -267,10 +267,12 @@ def describe_factors(
     held = np.flatnonzero(frequency > 0)
     if len(held):
         rarest = held[np.argmin(frequency[held])]
-        drawn = image[presence[:, rarest]].sum() / image.sum()
+        holding = presence[:, rarest]
+        drawn = image[holding].sum() / image.sum()
         line += (
-            f"; {int((image > 1).sum())} images repeated; the rarest class, {class_names[rarest]}, is in "
-            f"{frequency[rarest]:.1%} of the images and {drawn:.1%} of the draws"
+            f"; the {int(holding.sum())} images holding the rarest class, {class_names[rarest]} "
+            f"({frequency[rarest]:.1%} of the images), get {drawn:.1%} of an epoch's draws "
+            f"({drawn / frequency[rarest]:.2f} x uniform's)"
         )
     return line
 
