@@ -11,6 +11,7 @@ import pytest
 import segkit
 from segkit.callbacks import DashboardSummaries, PeriodicCheckpoint, PredictionSamples, TimeBudget
 from segkit.data import FileDataModule, FolderDataModule, ListFileDataModule, SegDataModule, SyntheticDataModule
+from segkit.data.sampling import ClassBalancedSampler, repeat_factors
 from segkit.data.transforms import CatMaxRatioCrop
 from segkit.models import FCN, FPN, Backbone, DeepLabV3Plus, SegFormer, UNet, UPerNet
 from segkit.reports.predictions import MaskWriter, PredictionTable
@@ -35,6 +36,7 @@ PUBLIC = [
     *(CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSum, poly, cosine),
     *(LovaszLoss, TverskyLoss, OhemCrossEntropyLoss),
     *(SegDataModule, FileDataModule, FolderDataModule, ListFileDataModule, SyntheticDataModule, CatMaxRatioCrop),
+    *(ClassBalancedSampler, repeat_factors),
     *(PredictionSamples, DashboardSummaries, TimeBudget, PeriodicCheckpoint, PredictionTable, MaskWriter),
     *(Inference, build_inference, SegmentationModule, build_module, load_module, BackboneFreezing),
     *(CSVLogger, WandbLogger, AtomicCheckpointIO),

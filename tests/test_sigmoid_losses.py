@@ -1,6 +1,6 @@
 """Every loss in the sigmoid tasks (data.task=binary: one logit channel against class ids 0/1; multilabel: a logit
 per label against (B, C, H, W) 0/1 masks): values against torch's, torchvision's or a brute-force reference on small
-tensors, ignored pixels counting for nothing, float32 under bf16 autocast, no host sync, and a tiny model overfitting."""
+tensors, ignored pixels counting for nothing, float32 under bf16 autocast, no host sync, a tiny model overfitting."""
 
 import pytest
 import torch

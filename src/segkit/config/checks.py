@@ -25,6 +25,8 @@ from omegaconf import DictConfig, ListConfig
 from segkit.config.hydra_setup import CONFIG_DIR, register_resolvers
 
 ABSENT = object()  # a key the config does not have (or cannot resolve): not this module's to judge
+# data.sampling's values, as segkit.data.datamodule.SAMPLINGS (not imported: torch loads after these checks).
+SAMPLINGS = ("uniform", "class_balanced")
 SIZE_KEYS = ("image_size", "crop_size")  # image_size first: synthetic's crop_size interpolates it
 
 
@@ -256,6 +258,24 @@ def _check_data(data: DictConfig, prefix: str, errors: list[str]) -> None:
         )
     _check(data, prefix, "in_channels", errors, _int(minimum=1), f"{prefix}.in_channels=3", "a whole number >= 1")
     _check(data, prefix, "repeat", errors, _int(minimum=1), f"{prefix}.repeat=1", "a whole number >= 1")
+    _check(
+        data,
+        prefix,
+        "sampling",
+        errors,
+        _one_of(SAMPLINGS, "a sampling"),
+        f"{prefix}.sampling=class_balanced",
+        " or ".join(SAMPLINGS),
+    )
+    _check(
+        data,
+        prefix,
+        "sampling_threshold",
+        errors,
+        _number(minimum=0, strict=True),
+        f"{prefix}.sampling_threshold=0.1",
+        "a number > 0 (classes in a smaller share of the training images are repeated)",
+    )
     ignore = _check(
         data, prefix, "ignore_index", errors, _int(none=True), f"{prefix}.ignore_index=255", "null or a whole number"
     )
@@ -590,10 +610,10 @@ def _devices(value: Any) -> Any:
     return number
 
 
-def _one_of(allowed: tuple[Any, ...]) -> Rule:
+def _one_of(allowed: tuple[Any, ...], what: str = "a precision Lightning knows") -> Rule:
     def rule(value: Any) -> Any:
         if isinstance(value, bool) or value not in allowed:
-            raise _Invalid("is not a precision Lightning knows")
+            raise _Invalid(f"is not {what}")
         return value
 
     return rule

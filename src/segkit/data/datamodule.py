@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
+import time
 from typing import Any, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.accelerators import CUDAAccelerator
@@ -16,13 +19,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from segkit.data.dataset import collate
 from segkit.data.files import DataError
-from segkit.data.sampling import EpochSampler
+from segkit.data.presence import ItemMasks, cache_path, fingerprint, load_presence, measure_presence, save_presence
+from segkit.data.sampling import ClassBalancedSampler, EpochSampler, RepeatFactors, repeat_factors
 from segkit.machine import default_pin_memory, resolve_num_workers
 from segkit.task_kind import TaskKind
 
 SPLITS = ("train", "val", "test")
 # The splits each Lightning stage loads.
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+SAMPLINGS = ("uniform", "class_balanced")
+
+log = logging.getLogger(__name__)
 
 
 def run_splits(stage: str | None, test: bool = False) -> tuple[str, ...]:
@@ -64,6 +71,12 @@ class SegDataModule(L.LightningDataModule):
         crop_size: (H, W) of training images (the crop the augmentation pipelines take).
         task: what a pixel's label is (segkit.task_kind): "multiclass" (masks of class ids), "binary" (class ids
             0 and 1 of the negative and positive class) or "multilabel" (masks (C, H, W), 1 per label a pixel has).
+        sampling: the training draws: "uniform" (every image once an epoch, shuffled) or "class_balanced" (images
+            holding rare classes more often: repeat-factor sampling, `segkit.data.sampling.ClassBalancedSampler`).
+        sampling_threshold: with class_balanced, a class in a share f < threshold of the training images repeats its
+            images sqrt(threshold / f) times as often (before the epoch is scaled back to the split's size).
+        sampling_cache: the folder of the class-presence cache that class_balanced measures once (None: measured at
+            every start); the configs put it under `${paths.log_dir}/cache`.
 
     Example:
         >>> from segkit.data import SegDataModule
@@ -86,10 +99,17 @@ class SegDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         crop_size: Sequence[int] | None = None,
         task: str = "multiclass",
+        sampling: str = "uniform",
+        sampling_threshold: float = 0.1,
+        sampling_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.task = TaskKind(task)
         self.task.check_classes(num_classes, class_names)
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"data.sampling={sampling!r} is not one of {SAMPLINGS}.")
+        if not sampling_threshold > 0:
+            raise ValueError(f"data.sampling_threshold must be > 0, got {sampling_threshold}.")
         if len(class_names) != num_classes or len(palette) != num_classes:
             raise ValueError(
                 f"data.num_classes is {num_classes} but data.class_names has {len(class_names)} entries and "
@@ -108,6 +128,10 @@ class SegDataModule(L.LightningDataModule):
         self._loader_config = (num_workers, pin_memory)
         self.num_workers, self.pin_memory = loader_settings(num_workers, pin_memory)
         self.crop_size = list(crop_size) if crop_size else None
+        self.sampling = sampling
+        self.sampling_threshold = float(sampling_threshold)
+        self.sampling_cache = sampling_cache
+        self._sampling_weights: np.ndarray | None = None  # class_balanced: one weight per training draw, measured once
         self.datasets: dict[str, Dataset] = {}
         # Set by train.py from its `test` key: fitting then sets up (and verifies) the test split too, so a missing
         # test split stops the run at start-up, not after training.
@@ -140,7 +164,12 @@ class SegDataModule(L.LightningDataModule):
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         sampler = None
         if shuffle:
-            sampler = EpochSampler(len(dataset), self.sampling_seed)
+            if self.sampling == "class_balanced":
+                if self._sampling_weights is None or len(self._sampling_weights) != len(dataset):
+                    self._sampling_weights = self.sampling_weights(split)
+                sampler = ClassBalancedSampler(self._sampling_weights, self.sampling_seed)
+            else:
+                sampler = EpochSampler(len(dataset), self.sampling_seed)
             if self._resume_at is not None:
                 # Lightning sets the epoch only after the loader's first iterator exists, and workers fetch ahead.
                 epoch, batches = self._resume_at
@@ -162,6 +191,47 @@ class SegDataModule(L.LightningDataModule):
             # the model's dropout uses, so a resumed run's stream stays the uninterrupted run's.
             generator=torch.Generator().manual_seed(self.sampling_seed),
         )
+
+    def presence_masks(self, split: str) -> Dataset:
+        """The split's masks as they are stored (not augmented), one item per image: what class_balanced measures.
+        Here the items' masks; datasets on disk read the mask files alone."""
+        return ItemMasks(self.datasets[split])
+
+    def presence_facts(self, split: str) -> dict[str, Any] | None:
+        """What the split's class presence depends on, fingerprinted for its cache; None: not cached (measured at
+        every start, as the synthetic data is: drawing it is as quick as reading a cache)."""
+        return None
+
+    def class_presence(self, split: str = "train") -> tuple[np.ndarray, str]:
+        """(images, classes) booleans, true where the image holds the class, and where they came from: read from
+        the cache, or measured (and cached) now."""
+        masks = self.presence_masks(split)
+        facts = self.presence_facts(split)
+        path = key = None
+        if facts is not None and self.sampling_cache:
+            key = fingerprint({**facts, "num_classes": self.num_classes, "ignore_index": self.ignore_index})
+            path = cache_path(self.sampling_cache, key)
+            cached = load_presence(path, key, len(masks), self.num_classes)
+            if cached is not None:
+                return cached, f"read from {path}"
+        start = time.perf_counter()
+        presence = measure_presence(masks, self.num_classes, self.num_workers)
+        seconds = time.perf_counter() - start
+        source = f"measured in {seconds:.1f} s"
+        # Every process measures the same; one writes.
+        if path is not None and (self.trainer is None or self.trainer.is_global_zero):
+            save_presence(path, key, presence, split=split, class_names=self.class_names, measured_in_s=seconds)
+            source += f", cached in {path}"
+        return presence, source
+
+    def sampling_weights(self, split: str = "train") -> np.ndarray:
+        """class_balanced: each draw's repeat factor (`segkit.data.sampling.repeat_factors`), logged with the class
+        frequencies it comes from."""
+        presence, source = self.class_presence(split)
+        factors = repeat_factors(presence, self.sampling_threshold)
+        weights = factors.image_factor[np.arange(len(self.datasets[split])) % max(len(presence), 1)]
+        log.info(describe_factors(presence, factors, self.class_names, self.sampling_threshold, source))
+        return weights
 
     def state_dict(self) -> dict[str, Any]:
         """The sampling seed and where training stands: the epoch that comes next, and, for a checkpoint written
@@ -187,6 +257,30 @@ class SegDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def describe_factors(
+    presence: np.ndarray, factors: RepeatFactors, class_names: Sequence[str], threshold: float, source: str
+) -> str:
+    """One log line: per class the share of images holding it and its repeat factor, and the share of an epoch's
+    draws that the rarest class's images get."""
+    frequency, factor, image = factors
+    classes = ", ".join(f"{name} {f:.1%} x{r:.2f}" for name, f, r in zip(class_names, frequency, factor))
+    line = (
+        f"class_balanced sampling (threshold {threshold:g}) over {len(image)} training images ({source}); "
+        f"class: share of images holding it, repeat factor: {classes}"
+    )
+    held = np.flatnonzero(frequency > 0)
+    if len(held):
+        rarest = held[np.argmin(frequency[held])]
+        holding = presence[:, rarest]
+        drawn = image[holding].sum() / image.sum()
+        line += (
+            f"; the {int(holding.sum())} images holding the rarest class, {class_names[rarest]} "
+            f"({frequency[rarest]:.1%} of the images), get {drawn:.1%} of an epoch's draws "
+            f"({drawn / frequency[rarest]:.2f} x uniform's)"
+        )
+    return line
 
 
 def _init_worker(worker_id: int) -> None:

@@ -67,22 +67,32 @@ class SegmentationFiles(Dataset):
         and ignore_index), both checked."""
         sample = self.samples[index % len(self.samples)]
         image = read_image(sample.image, self.in_channels)
+        return image, self.read_mask(sample, image.shape[:2])
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The mask of one sample as `load` gives it, checked, without reading its image."""
+        return self.read_mask(self.samples[index % len(self.samples)])
+
+    def read_mask(self, sample: Sample, image_size: tuple[int, int] | None = None) -> np.ndarray:
+        """A sample's mask encoded and checked (against its image's size where given)."""
         if self.num_labels is None:
             stored = read_mask(sample.mask, rgb=self.encoding.rgb)
-            check_sizes(sample, image.shape[:2], stored.shape[:2])
+            if image_size is not None:
+                check_sizes(sample, image_size, stored.shape[:2])
             mask = self.encoding(stored)
             check_mask(mask, stored, sample.mask, self.encoding)
-            return image, mask
+            return mask
         planes = []
         for path, stored in read_label_masks(sample, self.num_labels):
-            check_sizes(Sample(sample.image, path, sample.name), image.shape[:2], stored.shape[-2:])
+            if image_size is not None:
+                check_sizes(Sample(sample.image, path, sample.name), image_size, stored.shape[-2:])
             plane = self.encoding(stored)
             check_mask(plane, stored, path, self.encoding, every_pixel_ignored_is_fine=True)
             planes.append(plane)
         mask = np.concatenate([p.reshape(-1, *p.shape[-2:]) for p in planes])
         if self.encoding.ignore_index is not None and (mask == self.encoding.ignore_index).all():
             check_mask(mask, mask, sample.mask, self.encoding)  # names the file: no label known anywhere
-        return image, mask
+        return mask
 
     def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
         index, seed = split_key(key)

@@ -9,10 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from torch.utils.data import Dataset
+
 from segkit.data.datamodule import SPLITS, SegDataModule
 from segkit.data.dataset import Sample, SegmentationFiles
 from segkit.data.encoding import MaskEncoding
 from segkit.data.files import DataError
+from segkit.data.presence import file_stats
 from segkit.data.scan import Problem, SplitReport, class_warnings, scan_split
 from segkit.data.transforms import SeededPipeline, build_pipeline
 
@@ -174,11 +177,38 @@ class FileDataModule(SegDataModule):
         if fatal:
             raise DataError(format_problems(fatal))
 
+    def presence_masks(self, split: str) -> Dataset:
+        return FileMasks(self.datasets[split])
+
+    def presence_facts(self, split: str) -> dict[str, Any]:
+        """Every mask file of the split (path, size, modification time) and how masks become class ids."""
+        encoding = self.encoding
+        return {
+            "split": split,
+            "masks": file_stats(
+                [m for sample in self.datasets[split].samples for m in sample.label_masks or (sample.mask,)]
+            ),
+            "encoding": [encoding.encoding, sorted(encoding.table.items())],
+        }
+
     def empty_split_message(self, split: str) -> str:
         return (
             f"The {split} split is empty: nothing found for it under data.root={self.root}. Fix: check data.root and "
             f"the split settings (check_data.py lists what it finds)."
         )
+
+
+class FileMasks(Dataset):
+    """The class ids of each mask file of a split (its images are not read), once each however `repeat` lists it."""
+
+    def __init__(self, dataset: SegmentationFiles) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset.load_mask(index)
 
 
 def format_problems(problems: list[Problem]) -> str:

@@ -33,6 +33,7 @@ class SyntheticShapes(Dataset):
         seed: int = 0,
         stream: int = 0,
         multilabel: bool = False,
+        shape_weights: Sequence[float] | None = None,
     ) -> None:
         low, high = (1, len(SHAPES)) if multilabel else (2, len(SHAPES) + 1)
         if not low <= num_classes <= high:
@@ -50,6 +51,17 @@ class SyntheticShapes(Dataset):
         self.noise = noise
         self.seed = seed
         self.stream = stream  # separates the splits drawn from one seed
+        # How often each shape class is drawn, relative to the others; None: alike (and the draws of before).
+        self.shape_probs = None
+        if shape_weights is not None:
+            weights = np.asarray(shape_weights, dtype=np.float64)
+            shapes = num_classes if multilabel else num_classes - 1
+            if len(weights) != shapes or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(
+                    f"data.shape_weights={list(shape_weights)}: give one weight >= 0 per shape class "
+                    f"({shapes} for num_classes={num_classes}), not all 0."
+                )
+            self.shape_probs = weights / weights.sum()
 
     def __len__(self) -> int:
         return self.num_samples
@@ -72,7 +84,10 @@ class SyntheticShapes(Dataset):
         scale = min(h, w)
         first = 0 if self.multilabel else 1  # label 0 is the disc; class 0 the background
         for _ in range(rng.integers(1, self.max_objects + 1)):
-            cls = int(rng.integers(first, self.num_classes))
+            if self.shape_probs is None:
+                cls = int(rng.integers(first, self.num_classes))
+            else:
+                cls = first + int(rng.choice(len(self.shape_probs), p=self.shape_probs))
             radius = rng.uniform(0.12, 0.3) * scale
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
             theta = rng.uniform(0, 2 * np.pi)
@@ -121,6 +136,8 @@ class SyntheticDataModule(SegDataModule):
         max_objects: at most this many shapes an image.
         noise: the standard deviation of the Gaussian noise added.
         seed: the draw (the splits are drawn apart from it).
+        shape_weights: how often each shape (disc, square, triangle, as many as it draws) is drawn, relative to the
+            others, e.g. [10, 3, 1] for a rare triangle; None: alike.
         **common: `SegDataModule`'s arguments; num_classes from 2 (background and discs) to 4, or with
             task=multilabel from 1 to 3 labels (disc, square, triangle), and masks (C, H, W).
 
@@ -145,11 +162,12 @@ class SyntheticDataModule(SegDataModule):
         max_objects: int = 6,
         noise: float = 0.05,
         seed: int = 0,
+        shape_weights: Sequence[float] | None = None,
         **common,
     ) -> None:
         super().__init__(**common)
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
-        self.options = dict(image_size=image_size, max_objects=max_objects, noise=noise)
+        self.options = dict(image_size=image_size, max_objects=max_objects, noise=noise, shape_weights=shape_weights)
         self.seed = seed
 
     def make_dataset(self, split: str) -> SyntheticShapes:
