@@ -68,12 +68,26 @@ def test_overfits_one_batch(tiny_train_cfg, model, loss):
     assert losses[-1] < 0.4 * losses[0], losses
 
 
+TASK_DATA = {
+    "multiclass": "data=synthetic",
+    "binary": "data=synthetic_binary",
+    "multilabel": "data=synthetic_multilabel",
+}
+SIGMOID_ONLY = {"bce", "bce_dice"}  # binary cross-entropy: refused for exclusive classes
+
+
+@pytest.mark.parametrize("task", list(TASK_DATA))
 @pytest.mark.parametrize("loss", LOSSES)
-def test_every_loss_config_builds_and_is_finite(tiny_train_cfg, loss):
-    cfg = tiny_train_cfg(f"loss={loss}", "model=fcn")
+def test_every_loss_config_builds_for_every_task_and_is_finite(tiny_train_cfg, loss, task):
+    cfg = tiny_train_cfg(f"loss={loss}", "model=fcn", TASK_DATA[task])
+    if task == "multiclass" and loss in SIGMOID_ONLY:
+        with pytest.raises(Exception, match="does not apply to data.task=multiclass"):
+            build_module(cfg)
+        return
     module = build_module(cfg)
-    logits = torch.randn(2, cfg.data.num_classes, 8, 8)
-    target = torch.randint(0, cfg.data.num_classes, (2, 8, 8))
+    n = cfg.data.num_classes
+    logits = torch.randn(2, module.net.num_classes, 8, 8)
+    target = torch.randint(0, 2, (2, n, 8, 8)) if task == "multilabel" else torch.randint(0, n, (2, 8, 8))
     assert torch.isfinite(module.criterion(logits, target))
 
 

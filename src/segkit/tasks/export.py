@@ -99,6 +99,7 @@ def export_checked(
         "path": str(path),
         "image_size": None if size is None else list(size),
         "input": metadata["input"],
+        "output": metadata["output"],
         "checks": checks,
         "max_abs_diff": worst,
     }
