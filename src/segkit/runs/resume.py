@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
+from segkit.errors import Refusal
 from segkit.moved import moved_override
 
 LAST = "last"
@@ -28,7 +29,7 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # what Lightning saves in the run directory before SLURM requeues the job
 
 
-class ResumeError(ValueError):
+class ResumeError(Refusal, ValueError):
     """`ckpt_path` names nothing to resume, or a run that already finished."""
 
 
