@@ -167,7 +167,7 @@ def closing_lines(output_dir: Path, best_checkpoint: str, loggers: list[Any]) ->
         lines.append(f"Best checkpoint: {best_checkpoint}")
     names = {type(logger).__name__ for logger in loggers}
     if "TensorBoardLogger" in names:
-        lines.append(f"Dashboard:       make dashboard  (or: tensorboard --logdir {output_dir})")
+        lines.append(f"Dashboard:       make dashboard  (or: python dashboard.py --logdir {output_dir})")
     offline = sorted((output_dir / "wandb").glob("offline-run-*"))
     if offline:
         lines.append(f"W&B (offline):   wandb sync {offline[-1]}")
