@@ -46,9 +46,9 @@ bench: setup
 bench-gpu: setup
 	$(PY) bench.py target=gpu $(ARGS)
 
-## TensorBoard over every run under logs/ (the default logger writes it; docs/dashboard.md): http://localhost:6006
+## TensorBoard over every run under logs/, opening on their scores and losses (docs/dashboard.md): http://localhost:6006
 dashboard: setup
-	$(VENV)/bin/tensorboard --logdir logs --port 6006
+	$(PY) dashboard.py --logdir logs --port 6006 $(ARGS)
 
 ## Scan a dataset and report problems: make check-data ARGS="data=membrane data.root=../shared/datasets/isbi2012-membrane"
 check-data: setup

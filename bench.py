@@ -13,9 +13,11 @@ from omegaconf import DictConfig
 
 from segkit.config.checks import check_overrides
 from segkit.config.hydra_setup import register_resolvers
+from segkit.errors import refusals_as_messages
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="bench")
+@refusals_as_messages  # a config, data, device or checkpoint mistake: its message, no traceback
 def main(cfg: DictConfig) -> None:
     from segkit.tasks.bench import run  # torch and Lightning load after the config checks
 

@@ -5,9 +5,11 @@ from omegaconf import DictConfig
 
 from segkit.config.checks import check_overrides, validate
 from segkit.config.hydra_setup import register_resolvers
+from segkit.errors import refusals_as_messages
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@refusals_as_messages  # a config, data, device or checkpoint mistake: its message, no traceback
 def main(cfg: DictConfig) -> None:
     from segkit.tasks.export import export  # Lightning, ONNX and the models load after the config checks
 

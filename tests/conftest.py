@@ -75,10 +75,11 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
     )
 
 
-def run_entry(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_entry(script: str, *args: str, cwd: Path, full_error: bool = True) -> subprocess.CompletedProcess:
     """`python <script> <args>` in `cwd`, run in this process: the same entry script, Hydra and exit codes as
     `run_script` without a new interpreter's imports (six seconds each here). Use `run_script` where the test
-    needs a process of its own (signals, several processes, what a console shows of warnings)."""
+    needs a process of its own (signals, several processes, what a console shows of warnings). `full_error`:
+    HYDRA_FULL_ERROR=1, whole tracebacks (False: what a user's shell shows)."""
     import contextlib
     import io
     import logging
@@ -91,7 +92,8 @@ def run_entry(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
     argv, previous_cwd = list(sys.argv), os.getcwd()
     code = 0
     GlobalHydra.instance().clear()
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    previous_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1" if full_error else "0"
     try:
         os.chdir(cwd)
         sys.argv = [script, *args]
@@ -108,6 +110,10 @@ def run_entry(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
     finally:
         sys.argv = argv
         os.chdir(previous_cwd)
+        if previous_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous_full_error
         GlobalHydra.instance().clear()
         for handler in set(root.handlers) - set(handlers):  # the run's log file and console handlers
             handler.close()

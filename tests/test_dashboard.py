@@ -2,6 +2,7 @@
 hold the scalars, the prediction panels and confusion matrices of each validation, and the hyperparameters with
 the metric columns of the HParams view. Also: which validation images the panels show, and checkpoint sizes."""
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -148,6 +149,52 @@ def test_tensorboard_shows_scalars_panels_confusion_matrices_and_hparams(tiny_tr
     assert set(HPARAMS_COLUMNS) <= set(hparams) and hparams["trainer.log_every_n_steps"] == 1  # and what was set
     ticked = [h.name for h in experiment.hparam_infos if h.differs]  # TensorBoard ticks these first
     assert sorted(ticked) == ["backbone", "loss", "model", "optimizer.lr", "overrides"]
+
+    # The first screen: scores, then losses, then the learning rate, each chart drawing a scalar the run logged.
+    layout = custom_scalars_layout(accumulator)
+    assert [category.title for category in layout.category] == ["Scores (validation)", "Losses", "Learning rate"]
+    charts = [chart for category in layout.category for chart in category.chart]
+    assert [chart.title for chart in charts[:2]] == ["val/mIoU", "val/mIoU_best"]
+    for chart in charts:
+        (pattern,) = chart.multiline.tag
+        assert [tag for tag in scalars if re.search(pattern, tag)], (chart.title, pattern)
+
+
+def custom_scalars_layout(accumulator):
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    (event,) = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    return layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+
+
+def test_make_dashboard_opens_on_the_runs_scores_and_losses(tmp_path):
+    """TensorBoard opens on the first tab with data in its plugin listing: served by `make dashboard`, that is the
+    Custom Scalars tab, with the layout DashboardSummaries writes (before: Time Series, whose first cards were `epoch`
+    and `lr-AdamW`). A real server on a free port, asked what TensorBoard's page asks."""
+    import json
+    import urllib.request
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard import program
+
+    from segkit.callbacks import DashboardSummaries
+    from segkit.tasks.dashboard import plugins_scores_first, tensorboard_argv
+
+    logger = TensorBoardLogger(str(tmp_path / "logs" / "run"), name="tensorboard", version="")
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[logger])
+    DashboardSummaries().on_train_start(trainer, None)
+    logger.log_metrics({"epoch": 0, "lr-AdamW": 0.001, "val/mIoU": 0.5}, step=1)
+    logger.finalize("success")
+    assert [c.title for c in custom_scalars_layout(events(Path(logger.log_dir))).category][0] == "Scores (validation)"
+
+    argv = tensorboard_argv(["--logdir", str(tmp_path / "logs"), "--port", "0", "--load_fast", "false"])
+    assert tensorboard_argv([])[1:] == ["--logdir", "logs", "--port", "6006"]
+    board = program.TensorBoard(plugins=plugins_scores_first())
+    board.configure(argv=[*argv, "--reload_interval", "0"])
+    url = board.launch()  # a server thread of this process, gone with it
+    listing = json.loads(urllib.request.urlopen(f"{url}data/plugins_listing", timeout=30).read())
+    tabs = [name for name, plugin in listing.items() if plugin["enabled"]]
+    assert tabs[0] == "custom_scalars" and {"timeseries", "scalars"} <= set(tabs), tabs
 
 
 @pytest.mark.slow

@@ -92,6 +92,56 @@ def test_overrides_of_the_first_launch_then_each_resume_in_order(tmp_path):
     assert resume.recorded_overrides(run, skip=run / ".hydra" / "resume-2026-01-02")[-1] == "x=1"
 
 
+def test_repeats_of_a_runs_own_overrides_change_nothing():
+    """A `+key=value` whose key an earlier override added becomes an override of it (Hydra refuses to add a key
+    twice), and an override equal to the latest of its key is dropped: for values and config groups alike."""
+    first = ["model=fcn", "+trainer.limit_train_batches=12", "+optimizer@extra=adamw", "trainer.max_epochs=3"]
+    assert resume.merge_repeats(first + first + ["ckpt_path=last"] + first + ["ckpt_path=last"]) == first + [
+        "ckpt_path=last"
+    ]
+    changed = ["+trainer.limit_train_batches=6", "+optimizer@extra=sgd", "++trainer.max_epochs=3", "model=unet"]
+    assert resume.merge_repeats(first + changed) == first + [
+        "trainer.limit_train_batches=6",
+        "optimizer@extra=sgd",
+        "model=unet",
+    ]
+    # What was deleted since can be added again.
+    assert resume.merge_repeats(["+a=1", "~a", "+a=1"]) == ["+a=1", "~a", "+a=1"]
+
+
+def test_the_first_command_repeated_with_ckpt_path_last_resumes_three_times_in_a_row(tmp_path, monkeypatch):
+    """The up arrow and `ckpt_path=last` appended, resume after resume: the run's recorded overrides and the repeated
+    ones compose (before, the first resume stopped with "Could not append to config. An item is already at
+    'trainer.limit_train_batches'"). The third changes the value it added: an override of it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from conftest import CONF
+    from segkit.config.hydra_setup import register_resolvers
+
+    register_resolvers()
+    monkeypatch.chdir(tmp_path)  # runs go under ./logs
+    first = ["model=fcn", "+trainer.limit_train_batches=12", "trainer.max_epochs=3", "+optimizer@extra=sgd"]
+    run = make_run(tmp_path / "logs" / "train" / "runs", "2026-01-01_00-00-00-000000", first)
+    commands = [first + ["ckpt_path=last"]] * 2 + [
+        [*first[:1], "+trainer.limit_train_batches=6", *first[2:], "ckpt_path=last"]
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="train"):
+        for number, command in enumerate(commands, 1):
+            cfg = compose(config_name="train", overrides=command, return_hydra_config=True)
+            record = run / ".hydra" / f"resume-2026-01-0{number}"  # what Hydra writes for this resume
+            record.mkdir()
+            (record / "overrides.yaml").write_text(yaml.safe_dump(command))
+            with open_dict(cfg):
+                cfg.hydra.runtime.output_dir, cfg.hydra.output_subdir = str(run), str(record.relative_to(run))
+            HydraConfig().set_config(cfg)
+            resumed = resume.resumed_config(cfg)
+            assert resumed.model._target_.endswith("FCN") and resumed.trainer.max_epochs == 3, number
+            assert resumed.trainer.limit_train_batches == (6 if number == 3 else 12), number
+            assert resumed.extra._target_ == "torch.optim.SGD", number
+
+
 def test_wandb_run_id_is_read_from_the_run_directory(tmp_path):
     assert resume.wandb_run_id(tmp_path) is None
     (tmp_path / "wandb" / "offline-run-20261124_101010-abc123").mkdir(parents=True)

@@ -27,6 +27,7 @@ ENTRY_SCRIPTS = (
     "browse_data.py",
     "bench.py",
     "summarize_sweep.py",
+    "dashboard.py",
 )
 # What each optional group makes importable (modules segkit imports lazily, or that configs name).
 EXTRAS = {

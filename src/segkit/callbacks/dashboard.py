@@ -1,5 +1,6 @@
-"""What the dashboards show besides the scalars and the prediction samples: the confusion matrix after each
-validation and test, and the run's hyperparameters for TensorBoard's HParams view (DashboardSummaries)."""
+"""What the dashboards show besides the scalars and the prediction samples: the first screen of TensorBoard (the
+run's scores and losses), the confusion matrix after each validation and test, and the run's hyperparameters for
+TensorBoard's HParams view (DashboardSummaries)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,25 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from segkit.reports.drawing import confusion_heatmap
 from segkit.runs.resume import HYDRA_SUBDIR, is_run, recorded_overrides
+
+# The first screen of `make dashboard`: TensorBoard's Custom Scalars tab, which segkit.tasks.dashboard opens first,
+# laid out as category -> chart title -> the regular expression of the scalars it draws: the scores, then the
+# losses, then the learning rate. (Time Series, TensorBoard's own first tab, sorts its cards by name: `epoch` and
+# `lr-AdamW` before `val/mIoU`.) A chart a metric: the lines of one chart share the run's colour.
+SCALARS_LAYOUT = {
+    "Scores (validation)": {
+        "val/mIoU": "^val/mIoU$",
+        "val/mIoU_best": "^val/mIoU_best$",
+        "val/mDice": "^val/mDice$",
+        "val/pixel_acc": "^val/pixel_acc$",
+    },
+    "Losses": {
+        "train/loss_epoch": "^train/loss_epoch$",
+        "val/loss": "^val/loss$",
+        "train/loss_step": "^train/loss_step$",
+    },
+    "Learning rate": {"learning rate (lr-<optimizer>)": "^lr-"},
+}
 
 # The metric columns of TensorBoard's HParams view: one list for every run, so that the jobs of a sweep, and runs of
 # other settings, line up; TensorBoard reads each run's last value of these scalars (a metric a run never logged,
@@ -53,6 +73,8 @@ _NOT_HPARAMS = ("hydra", "paths", "logger", "callbacks", "ckpt_path", "trusted_m
 
 class DashboardSummaries(L.Callback):
     """What the dashboards show besides the scalars and the prediction samples:
+    - at the start of training, TensorBoard's Custom Scalars layout (SCALARS_LAYOUT): the run's scores, losses and
+      learning rate, the first screen of `make dashboard`;
     - `val/confusion_matrix` after each validation (and `test/confusion_matrix` after testing): the heatmap of
       segkit.reports.drawing (rows ground truth, each row normalised), to TensorBoard and W&B;
     - at the end of fitting, the run's hyperparameters for TensorBoard's HParams view (see run_hparams), with
@@ -67,6 +89,17 @@ class DashboardSummaries(L.Callback):
         >>> from segkit.callbacks import DashboardSummaries
         >>> trainer = L.Trainer(logger=TensorBoardLogger("run"), callbacks=[DashboardSummaries()])  # doctest: +SKIP
     """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        layout = {
+            category: {title: ["Multiline", [pattern]] for title, pattern in charts.items()}
+            for category, charts in SCALARS_LAYOUT.items()
+        }
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_custom_scalars(layout)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -23,6 +23,7 @@ from hydra.core.override_parser.types import OverrideType
 from omegaconf import DictConfig, ListConfig
 
 from segkit.config.hydra_setup import CONFIG_DIR, register_resolvers
+from segkit.errors import Refusal
 
 ABSENT = object()  # a key the config does not have (or cannot resolve): not this module's to judge
 # data.sampling's values, as segkit.data.datamodule.SAMPLINGS (not imported: torch loads after these checks).
@@ -30,7 +31,7 @@ SAMPLINGS = ("uniform", "class_balanced")
 SIZE_KEYS = ("image_size", "crop_size")  # image_size first: synthetic's crop_size interpolates it
 
 
-class ConfigError(ValueError):
+class ConfigError(Refusal, ValueError):
     """A config value that would fail later, or worse, run: raised before any heavy work, naming the key."""
 
 

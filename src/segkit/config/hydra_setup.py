@@ -17,6 +17,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
 def register_resolvers() -> None:
     """Registers the `${segkit.*}` resolvers the configs use; calling it again changes nothing."""
+    from segkit.errors import refusals_as_messages
     from segkit.runs import resume, run_names  # here: this module stays light for the entry scripts' first line
 
     register = OmegaConf.register_new_resolver
@@ -27,6 +28,6 @@ def register_resolvers() -> None:
     # resolved before any job starts).
     register("segkit.cwd", os.getcwd, replace=True)
     # Training's run directory and Hydra's record in it: a new one, the resumed run's, or one a distributed launch
-    # shares (segkit.runs.resume decides).
-    register("segkit.run_dir", resume.run_dir, replace=True, use_cache=True)
-    register("segkit.hydra_subdir", resume.hydra_subdir, replace=True, use_cache=True)
+    # shares (segkit.runs.resume decides). A refused resume is said as its message, as the commands say theirs.
+    register("segkit.run_dir", refusals_as_messages(resume.run_dir), replace=True, use_cache=True)
+    register("segkit.hydra_subdir", refusals_as_messages(resume.hydra_subdir), replace=True, use_cache=True)

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from segkit.errors import Refusal
 from segkit.moved import MOVED_TARGETS
 
 # Only classes whose dotted path and defining module both lie under one of these.
@@ -58,7 +59,7 @@ _HOW_TO_TRUST = (
 )
 
 
-class UntrustedTargetError(ValueError):
+class UntrustedTargetError(Refusal, ValueError):
     """A config names something segkit will not call."""
 
 

@@ -12,13 +12,15 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from segkit.errors import Refusal
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Pillow modes that hold one 8-bit value per channel; anything else (16-bit, 32-bit, float) is read as it is.
 EIGHT_BIT_MODES = {"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
-class DataError(ValueError):
+class DataError(Refusal, ValueError):
     """A problem with one file of a dataset; the message names the file and the fix. `kind` (a short tag) and
     `path` let the data check sort problems without reading the message."""
 

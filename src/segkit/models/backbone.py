@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from timm.models import get_arch_name, is_model_in_modules
 from torch import nn
 
+from segkit.errors import MissingFile, Refusal
 from segkit.models.pyramid import PYRAMID_STRIDES, SimplePyramid, evenly_spaced_blocks
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,15 @@ FLEXIBLE_KWARGS: dict[str, dict[str, Any]] = {
 }
 
 
-class UnknownBackboneError(ValueError):
+class UnknownBackboneError(Refusal, ValueError):
     """The backbone name is not a timm model."""
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(Refusal, RuntimeError):
     """Pretrained weights were asked for but could not be fetched (usually: no network)."""
 
 
-class UnsupportedBackboneError(ValueError):
+class UnsupportedBackboneError(Refusal, ValueError):
     """A timm model that cannot serve as a segmentation encoder, found when the model is built."""
 
 
@@ -138,7 +139,7 @@ class Backbone(nn.Module):
         if weights is not None:
             path = Path(weights).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(
+                raise MissingFile(
                     f"Backbone weights file '{path}' does not exist. Fix: point backbone.weights at a "
                     "timm/PyTorch state dict (.safetensors, .pth, .bin) or set backbone.weights=null."
                 )

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from segkit.errors import MissingFile, Refusal
+
 HPARAMS = ("model", "loss", "optimizer", "scheduler", "data")
 REQUIRED = ("model", "loss", "optimizer", "data")
 # Where the pretrained weights came from during training; the checkpoint's state dict replaces them.
@@ -33,7 +35,7 @@ FIX_CORRUPT = (
 FIX_NOT_SEGKIT = "Fix: pass a checkpoint written by train.py (<run dir>/checkpoints/last.ckpt or a best-*.ckpt)."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Refusal, ValueError):
     """A checkpoint file that cannot be read or is not a segkit checkpoint."""
 
 
@@ -41,7 +43,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's contents (tensors and plain data only), with an error naming the file and the fix."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f'Checkpoint "{path}" does not exist. Fix: pass ckpt_path=<run dir>/checkpoints/last.ckpt '
             "(or a best-*.ckpt) of a finished training run."
         )

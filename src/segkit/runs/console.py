@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 log = logging.getLogger("segkit")
 
@@ -70,12 +71,19 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def time_limit(trainer: L.Trainer) -> Timer | None:
+    """Lightning's Timer of `trainer.max_time` (which a resumed run restores), when the run has a time limit."""
+    return next((cb for cb in trainer.callbacks if isinstance(cb, Timer) and cb.time_remaining() is not None), None)
+
+
 class EpochLine(L.Callback):
     """`epoch 3/8  train loss 0.512  val loss 0.601  val mIoU 0.412  best 0.430  58 s  ETA 4 min 50 s`, through
     logging, so it reaches `train.log` and redirected output, where a progress bar leaves only its last frame.
 
     An epoch's time is the time spent in it: checkpoints carry the time of the epoch in progress, so an epoch
-    interrupted and resumed reports its own duration, not the wall time since it first began."""
+    interrupted and resumed reports its own duration, not the wall time since it first began. Under
+    `trainer.max_time` the ETA is the time left when that is sooner than the epochs left
+    (`ETA 35 s (trainer.max_time)`), and the line of the epoch the time limit ended says so."""
 
     def __init__(self) -> None:
         self._started: float | None = None  # monotonic time the epoch in progress began (shifted back on resume)
@@ -121,12 +129,35 @@ class EpochLine(L.Callback):
             value = _value(metrics, key)
             if value is not None:
                 parts.append(f"{label} {value:.4f}")
-        parts.append(_duration(time.monotonic() - self._started))
-        done = epoch - self._resumed_at  # what this process trained, in epochs
-        if total and total > 0 and done > 0 and epoch < total:
-            per_epoch = (time.monotonic() - self._fit_started) / done
-            parts.append(f"ETA {_duration(per_epoch * (total - epoch))}")
+        epoch_s = time.monotonic() - self._started
+        parts.append(_duration(epoch_s))
+        parts += self._time_left(trainer, epoch, epoch_s)
         log.info("  ".join(parts))
+
+    def _time_left(self, trainer: L.Trainer, epoch: int, epoch_s: float) -> list[str]:
+        """The ETA: the epochs left at this process's pace, or the time `trainer.max_time` leaves if sooner; on the
+        epoch the time limit ended, that instead."""
+        total, timer = trainer.max_epochs, time_limit(trainer)
+        left = timer.time_remaining() if timer is not None else None
+        if left is not None:
+            # Stopped within a batch of the limit: the Timer's own stop, or segkit's TimeBudget, which stops the
+            # batch expected to end past it.
+            batch_s = epoch_s / max(1, trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            if trainer.should_stop and left <= batch_s:
+                limit = _duration(left + timer.time_elapsed())
+                return [f"stopped by the time limit (trainer.max_time, {limit})"]
+        if total and total > 0 and epoch >= total:
+            return []
+        estimates = []  # (seconds, why)
+        done = epoch - self._resumed_at  # what this process trained, in epochs
+        if total and total > 0 and done > 0:
+            estimates.append(((time.monotonic() - self._fit_started) / done * (total - epoch), ""))
+        if left is not None:
+            estimates.append((max(0.0, left), " (trainer.max_time)"))
+        if not estimates:
+            return []
+        seconds, why = min(estimates)
+        return [f"ETA {_duration(seconds)}{why}"]
 
 
 def closing_lines(output_dir: Path, best_checkpoint: str, loggers: list[Any]) -> list[str]:
@@ -136,7 +167,7 @@ def closing_lines(output_dir: Path, best_checkpoint: str, loggers: list[Any]) ->
         lines.append(f"Best checkpoint: {best_checkpoint}")
     names = {type(logger).__name__ for logger in loggers}
     if "TensorBoardLogger" in names:
-        lines.append(f"Dashboard:       make dashboard  (or: tensorboard --logdir {output_dir})")
+        lines.append(f"Dashboard:       make dashboard  (or: python dashboard.py --logdir {output_dir})")
     offline = sorted((output_dir / "wandb").glob("offline-run-*"))
     if offline:
         lines.append(f"W&B (offline):   wandb sync {offline[-1]}")

@@ -17,8 +17,10 @@ from typing import Sequence
 import yaml
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
+from segkit.errors import Refusal
 from segkit.moved import moved_override
 
 LAST = "last"
@@ -27,7 +29,7 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # what Lightning saves in the run directory before SLURM requeues the job
 
 
-class ResumeError(ValueError):
+class ResumeError(Refusal, ValueError):
     """`ckpt_path` names nothing to resume, or a run that already finished."""
 
 
@@ -242,6 +244,31 @@ def recorded_overrides(run: Path, skip: Path | None = None) -> list[str]:
     return overrides
 
 
+def merge_repeats(overrides: Sequence[str]) -> list[str]:
+    """A run's recorded overrides then a resume's, where repeating the run's own command changes nothing: the
+    user who presses the up arrow and appends `ckpt_path=last` repeats every override the run was started with, any
+    number of resumes in a row. Hydra would refuse a second `+key=value` ("An item is already at ..."), so a
+    `+key=value` whose key an earlier override added becomes `key=value`, an override of it (a value or a config
+    group alike), and an override equal to the latest one of its key is dropped, a no-op."""
+    merged: list[str] = []
+    latest: dict[str, str] = {}  # key (with @package) -> the last override of it kept
+    added: set[str] = set()  # keys an earlier `+` or `++` put into the config, not deleted since
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group + (f"@{override.package}" if override.package is not None else "")
+        text = str(override.input_line)
+        if latest.get(key) == text.lstrip("+"):  # `+k=1`, `++k=1` and `k=1` set the same value
+            continue
+        if override.is_add() and key in added:
+            text = text[1:]
+        if override.is_delete():
+            added.discard(key)
+        elif override.is_add() or override.is_force_add():
+            added.add(key)
+        merged.append(text)
+        latest[key] = text.lstrip("+")
+    return merged
+
+
 def resumed_config(cfg: DictConfig) -> DictConfig:
     """In an entry script: when this run resumes one in place, the config that run was composed from, with this
     command's overrides applied last (`python train.py ckpt_path=last` needs no repeat of the first command)."""
@@ -250,7 +277,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     if not plan_of_run(run, cfg.paths.runs_dir, cfg.get("ckpt_path")).in_place:
         return cfg
     own_record = run / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
-    overrides = recorded_overrides(run, skip=own_record) + list(hydra_cfg.overrides.task)
+    overrides = merge_repeats(recorded_overrides(run, skip=own_record) + list(hydra_cfg.overrides.task))
     resumed = compose(config_name=hydra_cfg.job.config_name, overrides=overrides)
     # Trust is this command's to give (segkit.config.trust): a run directory's records never grant it.
     with open_dict(resumed):

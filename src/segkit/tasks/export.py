@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from segkit.config.checks import ConfigError
 from segkit.runs.atomic import write_json
 from segkit.task_kind import TaskKind
 from segkit.training.module import load_module
@@ -188,7 +189,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     unknown = set(cfg.formats) - set(FORMATS)
     if unknown:
-        raise ValueError(f"formats {sorted(unknown)} unknown; use {list(FORMATS)}.")
+        raise ConfigError(
+            f"formats={list(cfg.formats)}: {', '.join(sorted(unknown))} is no export format. Fix: "
+            f"formats=[{','.join(FORMATS)}] or one of them."
+        )
     module = load_module(cfg.ckpt_path, trusted=cfg.get("trusted_modules") or ())
     net = module.net.eval()
     data = module.hparams.data

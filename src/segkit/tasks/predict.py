@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from segkit.data.inputs import ImageBatches, ImageFiles, find_images, read_failure
+from segkit.errors import Refusal
 from segkit.reports.predictions import MaskWriter
 from segkit.runs.console import quiet_known_noise
 from segkit.tasks.common import plain
@@ -21,7 +22,7 @@ from segkit.training.inference import build_inference
 from segkit.training.module import load_module
 
 
-class UnreadableInputs(RuntimeError):
+class UnreadableInputs(Refusal, RuntimeError):
     """Raised after every readable input was predicted and written: the inputs that were not, with their reasons."""
 
     def __init__(self, failed: dict[Path, str], written: int, masks_dir: Path) -> None:

@@ -26,11 +26,13 @@ from typing import Any
 
 from torch import nn
 
+from segkit.errors import Refusal
+
 # The backbone config's keys that shape the training, not the network: taken out before the network is built.
 TRAINING_KEYS = ("freeze", "unfreeze_at_epoch", "unfreeze_warmup_steps")
 
 
-class FreezingError(ValueError):
+class FreezingError(Refusal, ValueError):
     """Backbone freezing settings that contradict each other or are out of range."""
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from segkit.errors import Refusal
+
 KEY = "param_groups"
 SETTINGS = {"backbone_lr_mult": 1.0, "no_weight_decay": False, "layer_decay": None}
 # Parameters without weight decay besides 1-D ones (norm weights, biases, layer scales), by the last part of
@@ -41,7 +43,7 @@ NO_DECAY_NAMES = (
 )
 
 
-class ParamGroupsError(ValueError):
+class ParamGroupsError(Refusal, ValueError):
     """`optimizer.param_groups` that cannot be applied to this network."""
 
 
