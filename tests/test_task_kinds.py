@@ -269,9 +269,13 @@ def test_a_multilabel_model_predicts_two_labels_on_one_pixel(tiny_train_cfg):
     assert (both & overlap).sum() > 0.5 * overlap.sum(), (int((both & overlap).sum()), int(overlap.sum()))
 
 
-def test_a_loss_that_does_not_fit_the_task_stops_the_run_at_start_up(tiny_train_cfg):
+def test_a_loss_that_does_not_fit_the_task_stops_the_run_at_start_up(tiny_train_cfg, tmp_path):
+    from conftest import ROOT, run_entry
     from segkit.training.module import build_module
 
-    with pytest.raises(Exception, match=r"BinaryCrossEntropyLoss does not apply to data.task=multiclass.*Fix: loss=ce"):
-        build_module(tiny_train_cfg("loss=bce"))
+    proc = run_entry(str(ROOT / "train.py"), "loss=bce", *TINY_DATA, "logger=csv", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (
+        "BinaryCrossEntropyLoss does not apply to data.task=multiclass" in proc.stderr and "Fix: loss=ce" in proc.stderr
+    )
     assert build_module(tiny_train_cfg("loss=bce", "data=synthetic_binary")).net.num_classes == 1

@@ -9,7 +9,7 @@ the activation that turns logits into probabilities, and the decision that turns
 - multilabel: any set of `num_classes` labels per pixel: a sigmoid per channel, each label thresholded on its own.
   Masks are (C, H, W), 1 where the pixel has the label, 0 where not (`ignore_index`: unknown).
 
-A leaf: imports nothing of segkit, so that data, models and training agree on one definition.
+A leaf (besides segkit.errors), so that data, models and training agree on one definition.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
+from segkit.errors import Refusal
+
 TASKS = ("multiclass", "binary", "multilabel")
+
+
+class TaskError(Refusal, ValueError):
+    """A task that does not fit the classes, or a loss that does not fit the task."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class TaskKind:
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
-            raise ValueError(
+            raise TaskError(
                 f"data.task={self.name!r} is not one of {', '.join(TASKS)}. Fix: multiclass (exclusive classes, "
                 "softmax), binary (one positive class, sigmoid) or multilabel (several labels per pixel)."
             )
@@ -70,13 +76,13 @@ class TaskKind:
         """A start-up check of the class facts against the task."""
         if self.name == "binary" and int(num_classes) != 2:
             names = f" (class_names {list(class_names)})" if class_names else ""
-            raise ValueError(
+            raise TaskError(
                 f"data.task=binary needs data.num_classes=2, the negative and the positive class{names}; got "
                 f"{num_classes}. Fix: data.num_classes=2 with class_names [<negative>, <positive>], or data.task="
                 "multiclass (exclusive classes) or multilabel (several labels per pixel)."
             )
         if int(num_classes) < (1 if self.multilabel else 2):
-            raise ValueError(f"data.num_classes={num_classes} is too few for data.task={self.name}.")
+            raise TaskError(f"data.num_classes={num_classes} is too few for data.task={self.name}.")
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-class probabilities (B, num_classes, H, W) in float32: a softmax, a sigmoid per label, or for binary

@@ -19,6 +19,7 @@ from importlib import import_module
 from types import ModuleType
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -221,4 +222,9 @@ def safe_instantiate(
     check_targets(cfg, source=source, trusted=trusted, key=key)
     check_targets(kwargs, source=source, trusted=trusted, key=key)  # Hydra merges them into the config
     check_targets(list(args), source=source, trusted=trusted, key=f"{key}._args_")
-    return instantiate(cfg, *args, **kwargs)
+    try:
+        return instantiate(cfg, *args, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, Refusal):  # the class refused its arguments: its message, not Hydra's wrapping
+            raise err.__cause__ from err
+        raise

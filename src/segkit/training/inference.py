@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit.config.checks import ConfigError
 from segkit.task_kind import TaskKind
 
 MODES = ("whole", "slide")
@@ -72,7 +73,9 @@ class Inference:
         self.scales = [float(s) for s in scales] or [1.0]
         self.flip = flip
         if not 0.0 < float(threshold) < 1.0:
-            raise ValueError(f"inference.threshold={threshold} must lie strictly between 0 and 1.")
+            raise ConfigError(
+                f"inference.threshold={threshold} must lie strictly between 0 and 1. Fix: e.g. inference.threshold=0.5."
+            )
         self.threshold = float(threshold)
 
     @property

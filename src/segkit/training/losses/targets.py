@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.task_kind import TASKS, TaskKind
+from segkit.task_kind import TASKS, TaskError, TaskKind
 
 
 def task_of(loss: str, task: str, allowed: Sequence[str], fix: str = "") -> TaskKind:
     """The task a loss serves, refused (naming `fix`) where the combination makes no sense."""
     kind = TaskKind(task)
     if kind.name not in allowed:
-        raise ValueError(f"{loss} does not apply to data.task={kind.name}: it takes {' or '.join(allowed)}. Fix: {fix}")
+        raise TaskError(f"{loss} does not apply to data.task={kind.name}: it takes {' or '.join(allowed)}. Fix: {fix}")
     return kind
 
 
