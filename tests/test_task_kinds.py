@@ -273,7 +273,7 @@ def test_a_loss_that_does_not_fit_the_task_stops_the_run_at_start_up(tiny_train_
     from conftest import ROOT, run_entry
     from segkit.training.module import build_module
 
-    proc = run_entry(str(ROOT / "train.py"), "loss=bce", *TINY_DATA, "logger=csv", cwd=tmp_path)
+    proc = run_entry(str(ROOT / "train.py"), "loss=bce", *TINY_DATA, "logger=csv", cwd=tmp_path, full_error=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert (
         "BinaryCrossEntropyLoss does not apply to data.task=multiclass" in proc.stderr and "Fix: loss=ce" in proc.stderr
