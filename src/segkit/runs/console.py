@@ -125,7 +125,9 @@ class EpochLine(L.Callback):
         mean = getattr(pl_module, "train_loss_mean", None)  # the module logs it after this hook
         if mean is not None and mean.update_called:
             parts.append(f"train loss {float(mean.compute()):.4f}")
-        for key, label in (("val/loss", "val loss"), ("val/mIoU", "val mIoU"), ("val/mIoU_best", "best")):
+        # A binary task's headline, its positive class's IoU (val/IoU), comes before the mean over both classes.
+        shown = (("val/loss", "val loss"), ("val/IoU", "val IoU"), ("val/mIoU", "val mIoU"), ("val/mIoU_best", "best"))
+        for key, label in shown:
             value = _value(metrics, key)
             if value is not None:
                 parts.append(f"{label} {value:.4f}")
