@@ -144,9 +144,11 @@ def test_multilabel_files_that_do_not_fit_are_named_with_their_fix(tmp_path):
     write_multilabel(tmp_path, count=3)
     (tmp_path / "folders" / "masks" / "square" / "1.png").unlink()
     np.save(tmp_path / "file" / "masks" / "2.npy", np.zeros((40, 52, 2), np.uint8))  # two planes for three labels
+    save(tmp_path / "folders" / "masks" / "disc" / "2.png", np.full((40, 52), 7, np.uint8))  # neither 0 nor 255
     cfg = compose_config("train", multilabel_data(tmp_path, "folders"), tmp_path / "run")
-    with pytest.raises(DataError, match=r"1.png: no mask; expected a mask per label, .*masks/square/1.png"):
+    with pytest.raises(DataError, match=r"1.png: no mask; expected a mask per label, .*masks/square/1.png") as found:
         instantiate(cfg.data).setup("fit")
+    assert "masks/disc/2.png: mask values {7}" in str(found.value) and "data.mask_values" in str(found.value)
     cfg = compose_config("train", multilabel_data(tmp_path, "file"), tmp_path / "run")
     with pytest.raises(DataError, match=r"2.npy: a multi-label mask of shape \(40, 52, 2\); expected 3 planes"):
         instantiate(cfg.data).setup("fit")
