@@ -62,10 +62,11 @@ browse-data: setup
 summarize-sweep: setup
 	$(PY) summarize_sweep.py $(ARGS)
 
-# pytest-xdist: a worker per core (each on one thread), a test file's tests in one worker (its fixtures built once).
+# pytest-xdist: a worker per core (each on one thread), a test file's tests in one worker (its fixtures built once),
+# the files in the order tests/conftest.py gives them (those that train most first), not xdist's (most tests first).
 # TEST_WORKERS=0 runs in this process (what a debugger wants).
 TEST_WORKERS ?= auto
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 ## The whole test suite, offline (W&B offline, no downloads): 4.5-6 minutes on 2 cores (docs/testing.md).
 test: setup

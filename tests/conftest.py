@@ -75,38 +75,45 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
     )
 
 
+def _run_main(script: str, args: tuple[str, ...]) -> int:
+    """Runs `script` as `__main__` with `args` as its command line, in this process; returns its exit status, and
+    prints what an interpreter would (a `sys.exit("message")`, an uncaught exception's traceback) to sys.stderr."""
+    import runpy
+    import traceback
+
+    GlobalHydra.instance().clear()
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except Exception:  # noqa: BLE001 - what the interpreter would print, and its exit status
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 def run_entry(script: str, *args: str, cwd: Path, full_error: bool = True) -> subprocess.CompletedProcess:
     """`python <script> <args>` in `cwd`, run in this process: the same entry script, Hydra and exit codes as
-    `run_script` without a new interpreter's imports (six seconds each here). Use `run_script` where the test
-    needs a process of its own (signals, several processes, what a console shows of warnings). `full_error`:
-    HYDRA_FULL_ERROR=1, whole tracebacks (False: what a user's shell shows)."""
+    `run_script` without a new interpreter's imports (six seconds each here). Use `run_forked` where the test
+    needs a process of its own to end (a signal, a kill), `run_script` where it needs a fresh interpreter.
+    `full_error`: HYDRA_FULL_ERROR=1, whole tracebacks (False: what a user's shell shows)."""
     import contextlib
     import io
     import logging
-    import runpy
-    import traceback
 
     stdout, stderr = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     argv, previous_cwd = list(sys.argv), os.getcwd()
-    code = 0
-    GlobalHydra.instance().clear()
     previous_full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1" if full_error else "0"
     try:
         os.chdir(cwd)
-        sys.argv = [script, *args]
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                runpy.run_path(script, run_name="__main__")
-            except SystemExit as stop:
-                if isinstance(stop.code, str):
-                    print(stop.code, file=sys.stderr)
-                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-            except Exception:  # noqa: BLE001 - what the interpreter would print, and its exit status
-                traceback.print_exc()
-                code = 1
+            code = _run_main(script, args)
     finally:
         sys.argv = argv
         os.chdir(previous_cwd)
@@ -119,6 +126,94 @@ def run_entry(script: str, *args: str, cwd: Path, full_error: bool = True) -> su
             handler.close()
         root.handlers[:], root.level = handlers, level
     return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def run_forked(script: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python <script> <args>` in `cwd`, in a fork of this process: a process of its own, which a signal or a kill
+    may end (returncode -9 for SIGKILL, as `subprocess` says it), without a new interpreter's imports. Its
+    output (file descriptors 1 and 2, and sys.stdout/sys.stderr) is captured; it starts from what a fresh process
+    has of logging handlers, warning filters, Hydra and W&B, and exits without returning into pytest.
+
+    The child computes on one thread: OpenMP's thread pool does not survive a fork (a child using more threads
+    hangs). A test comparing its results bit for bit with runs in the test's own process uses `one_thread`.
+    Use `run_script` where the test needs a fresh interpreter (what it prints at start-up) or processes that
+    start together or talk to each other (DDP, torchrun, simultaneous runs)."""
+    import signal
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest, whatever happens
+            code = 1
+            try:
+                code = _forked_main(script, args, cwd, out.fileno(), err.fileno())
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        while not (waited := os.waitpid(pid, os.WNOHANG))[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired([script, *args], timeout)
+            time.sleep(0.02)
+        returncode = os.waitstatus_to_exitcode(waited[1])  # -N for a process ended by signal N
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    return subprocess.CompletedProcess([script, *args], returncode, stdout, stderr)
+
+
+def _forked_main(script: str, args: tuple[str, ...], cwd: Path, out: int, err: int) -> int:
+    """The child of `run_forked`: its output to the files `out` and `err`, the state of a fresh process where the
+    pytest process's differs, then the entry script; flushed, W&B's own service finished (its atexit hook will
+    not run: the child leaves by os._exit, past pytest's)."""
+    import logging
+    import warnings
+
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    # Not flushed: what pytest's captures hold is the parent's to write.
+    sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    root = logging.getLogger()
+    root.handlers[:] = []  # pytest's log capture; Hydra configures the run's own
+    root.setLevel(logging.WARNING)
+    for logger in logging.Logger.manager.loggerDict.values():  # handlers made on import, on pytest's streams
+        for handler in getattr(logger, "handlers", ()):
+            if type(handler) is logging.StreamHandler:
+                handler.setStream(sys.stderr)
+    warnings.resetwarnings()  # an interpreter's defaults, printed to stderr (pytest records and filters them)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", PendingDeprecationWarning)
+    warnings.simplefilter("ignore", ImportWarning)
+    warnings.simplefilter("ignore", ResourceWarning)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+    warnings.showwarning = _print_warning
+    os.environ.clear()
+    os.environ.update(script_env())  # W&B starts a service of its own, as a new process would
+    torch.set_num_threads(1)
+    os.chdir(cwd)
+    try:
+        code = _run_main(script, args)
+    finally:
+        if "wandb" in sys.modules:
+            from wandb.sdk import wandb_setup
+
+            if wandb_setup._singleton is not None and wandb_setup._singleton._pid == os.getpid():
+                wandb_setup.teardown()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` as an interpreter without pytest has it."""
+    import warnings
+
+    (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def compose_with_hydra(*overrides: str) -> DictConfig:
@@ -178,3 +273,16 @@ def one_thread():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`: `--dist loadscope --no-loadscope-reorder`), whole files go to the workers in
+    the order collected: the files with the most trainings (tests marked `slow`) first, so that the long ones start
+    early and the workers finish together, instead of one file of a few long tests running alone at the end. The
+    tests of a file keep their order; a run in this process keeps pytest's."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: the files' and their tests' order otherwise

@@ -13,13 +13,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, compose_config, run_entry, run_script
+from conftest import ROOT, compose_config, run_entry, run_forked
 from helpers import soak
 from segkit.runs.stop import StopAndSave
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.train import train
 
-pytestmark = pytest.mark.slow
+# One thread throughout: the killed runs run in a fork (run_forked), which computes on one, and every history is
+# compared bit for bit with the uninterrupted run's.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 STEPS_PER_EPOCH = 4  # 16 training images in batches of 4
 
@@ -107,7 +109,7 @@ def test_sigkill_after_a_save_in_an_epochs_last_batch_resumes_into_its_validatio
     run's own last checkpoint), SIGKILL before or after that epoch's validation and end were logged: the resumed
     run validates and ends the epoch once (Lightning alone took the checkpoint for a finished epoch)."""
     every = [f"+callbacks.last_checkpoint.every_n_train_steps={STEPS_PER_EPOCH}"]
-    proc = run_script(str(ROOT / "train.py"), *overrides(dataset), *every, *kill, cwd=tmp_path)
+    proc = run_forked(str(ROOT / "train.py"), *overrides(dataset), *every, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert "callbacks.periodic_checkpoint.every_n_train_steps instead" in proc.stdout + proc.stderr  # said once
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
@@ -130,7 +132,7 @@ def test_sigkill_at_an_epoch_boundary_then_last_resumes_exactly(dataset, uninter
     """SIGKILL (no clean-up) after the second epoch's checkpoints, before its training scores are logged; W&B on."""
     kill = ["+callbacks.interrupt._target_=helpers.interrupt.KillAtEpochEnd", "+callbacks.interrupt.epoch=1"]
     run_args = [("logger=wandb" if o == "logger=csv" else o) for o in overrides(dataset)]
-    proc = run_script(str(ROOT / "train.py"), *run_args, *kill, cwd=tmp_path)
+    proc = run_forked(str(ROOT / "train.py"), *run_args, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     (run / "checkpoints" / ".last.ckpt.tmp-12345").write_bytes(b"half a checkpoint")  # a save that was cut short
@@ -182,7 +184,7 @@ def test_last_after_an_early_kill_and_a_finished_run_touch_no_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (finished,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     kill = ["+callbacks.interrupt._target_=helpers.interrupt.KillAtStep", "+callbacks.interrupt.step=1"]
-    proc = run_script(str(ROOT / "train.py"), *tiny, *kill, cwd=tmp_path)
+    proc = run_forked(str(ROOT / "train.py"), *tiny, *kill, cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL  # before its first checkpoint
     runs = set((tmp_path / "logs" / "train" / "runs").iterdir())
     before = {run: tree_digest(run) for run in runs}

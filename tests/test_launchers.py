@@ -21,7 +21,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationValidationError
 
-from conftest import ROOT, TINY_DATA, compose_with_hydra, run_script
+from conftest import ROOT, TINY_DATA, compose_with_hydra, run_forked
 from segkit.tasks.train import train
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -204,7 +204,7 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(
 
 @pytest.mark.slow
 def test_local_launcher_runs_a_sweep_job_through_submitit(tmp_path):
-    proc = run_script(
+    proc = run_forked(
         str(ROOT / "train.py"),
         "-m",
         "hydra/launcher=local",
