@@ -180,17 +180,22 @@ def test_dice_reads_no_tensor_on_the_host(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("loss", ["ce_dice", "dice", "focal", "ce", "lovasz", "ce_lovasz", "tversky", "ohem"])
-def test_a_training_step_loss_never_waits_for_the_gpu(tiny_train_cfg, loss):
+GPU_CASES = [*("ce_dice", "dice", "focal", "ce", "lovasz", "ce_lovasz", "tversky", "ohem"), "bce_dice-multilabel"]
+
+
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_a_training_step_loss_never_waits_for_the_gpu(tiny_train_cfg, case):
     """Forward, loss, backward and the confusion-matrix update of a training step, with torch refusing any
     device-to-host sync (torch.cuda.set_sync_debug_mode("error") raises on one)."""
-    from segkit.training.metrics import class_ids
     from segkit.training.module import build_module
 
-    module = build_module(tiny_train_cfg(f"loss={loss}")).cuda().train()
+    loss, _, task = case.partition("-")
+    data = ["data=synthetic_multilabel"] if task == "multilabel" else []
+    module = build_module(tiny_train_cfg(f"loss={loss}", *data)).cuda().train()
     images = torch.rand(2, 3, 40, 56, device="cuda")
-    masks = torch.randint(0, module.num_classes, (2, 40, 56), device="cuda")
-    masks[:, :4] = IGNORE
+    shape = (2, module.num_classes, 40, 56) if task == "multilabel" else (2, 40, 56)
+    masks = torch.randint(0, 2 if task == "multilabel" else module.num_classes, shape, device="cuda")
+    masks[..., :4, :] = IGNORE
     module(images).sum().backward()  # first call: cuDNN picks its algorithms (may sync), outside the check
     module.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
@@ -199,7 +204,7 @@ def test_a_training_step_loss_never_waits_for_the_gpu(tiny_train_cfg, loss):
         logits = module(images)
         value = module.criterion(logits, masks)
         value.backward()
-        module.train_confusion.update(class_ids(logits.detach()), masks)
+        module.train_confusion.update(module.task.predict(logits.detach()), masks)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert value.dtype == torch.float32 and torch.isfinite(value).item()

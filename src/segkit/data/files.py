@@ -160,10 +160,15 @@ def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
     if mask.ndim != 2:
         message = f"{path}: a mask of shape {mask.shape}; expected one channel (H, W)."
         raise DataError(message, kind="mask shape", path=path)
+    return whole_numbers(mask, path, "store class ids")
+
+
+def whole_numbers(mask: np.ndarray, path: Path, fix: str) -> np.ndarray:
+    """A mask's stored values as int64, refused (naming `fix`) where a float value is not a whole number."""
     if not np.issubdtype(mask.dtype, np.integer) and not np.issubdtype(mask.dtype, np.bool_):
         if not np.array_equal(mask, np.round(mask)):
             raise DataError(
-                f"{path}: mask values are not whole numbers ({mask.dtype}). Fix: store class ids.",
+                f"{path}: mask values are not whole numbers ({mask.dtype}). Fix: {fix}.",
                 kind="bad mask values",
                 path=path,
             )
@@ -183,14 +188,7 @@ def read_mask_stack(path: Path) -> np.ndarray:
             raise _unreadable(path, err) from err
     else:
         stack = _decode(path)
-    if not np.issubdtype(stack.dtype, np.integer) and not np.issubdtype(stack.dtype, np.bool_):
-        if not np.array_equal(stack, np.round(stack)):
-            raise DataError(
-                f"{path}: mask values are not whole numbers ({stack.dtype}). Fix: store 0/1 per label.",
-                kind="bad mask values",
-                path=path,
-            )
-    return stack.astype(np.int64, copy=False)
+    return whole_numbers(stack, path, "store 0/1 per label")
 
 
 def image_scale(dtype: np.dtype, max_value: float | None = None) -> float:
