@@ -178,11 +178,11 @@ def test_dice_reads_no_tensor_on_the_host(monkeypatch):
     DiceLoss(IGNORE)(logits, torch.full_like(target, IGNORE))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 GPU_CASES = [*("ce_dice", "dice", "focal", "ce", "lovasz", "ce_lovasz", "tversky", "ohem"), "bce_dice-multilabel"]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("case", GPU_CASES)
 def test_a_training_step_loss_never_waits_for_the_gpu(tiny_train_cfg, case):
     """Forward, loss, backward and the confusion-matrix update of a training step, with torch refusing any
