@@ -141,7 +141,7 @@ def test_a_pretrained_checkpoint_evaluates_and_predicts_offline(from_weights_fil
     torch.save(checkpoint, ckpt)
 
     # The control: built from its stored config as it stands, the network would fetch weights.
-    with pytest.raises(Exception, match=PretrainedWeightsUnavailable.__name__):  # wrapped by Hydra
+    with pytest.raises(PretrainedWeightsUnavailable, match="could not be loaded"):  # Hydra's wrapping taken off
         SegmentationModule(**checkpoint["hyper_parameters"])
     assert timm_calls and timm_calls[-1]["pretrained"] is True
     timm_calls.clear()
