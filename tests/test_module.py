@@ -68,11 +68,7 @@ def test_overfits_one_batch(tiny_train_cfg, model, loss):
     assert losses[-1] < 0.4 * losses[0], losses
 
 
-TASK_DATA = {
-    "multiclass": "data=synthetic",
-    "binary": "data=synthetic_binary",
-    "multilabel": "data=synthetic_multilabel",
-}
+TASK_DATA = {"multiclass": "data=synthetic", "multilabel": "data=synthetic_multilabel"}  # binary: test_task_kinds
 SIGMOID_ONLY = {"bce", "bce_dice"}  # binary cross-entropy: refused for exclusive classes
 
 

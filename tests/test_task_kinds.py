@@ -18,7 +18,7 @@ from helpers.fake_data import save
 from segkit.data.synthetic import SyntheticShapes
 from segkit.task_kind import TaskKind
 from segkit.tasks.evaluate import evaluate
-from segkit.tasks.export import export
+from segkit.tasks.export import OUTPUTS, check
 from segkit.tasks.predict import predict
 from segkit.tasks.train import train
 from segkit.training.inference import Inference
@@ -237,11 +237,15 @@ def test_a_task_trains_resumes_exactly_evaluates_predicts_and_exports(tmp_path, 
         assert np.array_equal(np.stack([tifffile.imread(tiff / "masks" / f"{i}.tif") for i in range(2)]), expected)
         assert (out / "overlays" / "0.png").is_file()
 
-    if task == "binary":  # the one-channel network exports and is checked by its own decision (ONNX in the suite)
-        overrides = [f"ckpt_path={checkpoint}", f"output={tmp_path / 'x'}", "formats=[onnx]"]
-        summary = export(compose_config("export", overrides, tmp_path / "x"))
-        assert summary["task"] == task and "sigmoid" in summary["exports"]["onnx"]["output"]
-        assert all(c["prediction_agreement"] == 1.0 for c in summary["exports"]["onnx"]["checks"])
+    # What export.py checks an exported file by: the task's decisions, from the one-channel logits (a file that
+    # returns them exactly agrees everywhere; one whose logits flip sign does not). The export mechanics of every
+    # decoder are test_decoders.py's and test_deploy.py's.
+    shapes = [[1, 40, 56], [2, 33, 47]]
+    exact = check(module.net, lambda x: module.net(x).detach().numpy(), shapes, 3, module.task)
+    flipped = check(module.net, lambda x: -module.net(x).detach().numpy(), shapes, 3, module.task)
+    assert all(c["prediction_agreement"] == 1.0 for c in exact)
+    assert all(c["prediction_agreement"] < 1.0 for c in flipped)
+    assert ("sigmoid" in OUTPUTS[task]) == (task != "multiclass")
 
 
 @pytest.mark.slow
