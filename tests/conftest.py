@@ -14,6 +14,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -137,32 +138,45 @@ def run_forked(script: str, *args: str, cwd: Path, timeout: int = 300) -> subpro
     The child computes on one thread: OpenMP's thread pool does not survive a fork (a child using more threads
     hangs). A test comparing its results bit for bit with runs in the test's own process uses `one_thread`.
     Use `run_script` where the test needs a fresh interpreter (what it prints at start-up) or processes that
-    start together or talk to each other (DDP, torchrun, simultaneous runs)."""
-    import signal
+    talk to each other (DDP, torchrun); `start_forked` for processes that start together."""
+    return wait_forked(start_forked(script, *args, cwd=cwd), timeout)
+
+
+def start_forked(script: str, *args: str, cwd: Path) -> tuple[int, Any, Any]:
+    """`run_forked`'s child, started and not waited for: several of them run at the same time (simultaneous
+    runs). (pid, stdout file, stderr file), for `wait_forked`."""
     import tempfile
+
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest, whatever happens
+        code = 1
+        try:
+            code = _forked_main(script, args, cwd, out.fileno(), err.fileno())
+        finally:
+            os._exit(code)
+    return pid, out, err
+
+
+def wait_forked(child: tuple[int, Any, Any], timeout: int = 300) -> subprocess.CompletedProcess:
+    """The end of a `start_forked` child: its exit status (-N for a process ended by signal N) and output."""
+    import signal
     import time
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest, whatever happens
-            code = 1
-            try:
-                code = _forked_main(script, args, cwd, out.fileno(), err.fileno())
-            finally:
-                os._exit(code)
+    pid, out, err = child
+    with out, err:
         deadline = time.monotonic() + timeout
         while not (waited := os.waitpid(pid, os.WNOHANG))[0]:
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                raise subprocess.TimeoutExpired([script, *args], timeout)
+                raise subprocess.TimeoutExpired([str(pid)], timeout)
             time.sleep(0.02)
-        returncode = os.waitstatus_to_exitcode(waited[1])  # -N for a process ended by signal N
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    return subprocess.CompletedProcess([script, *args], returncode, stdout, stderr)
+    return subprocess.CompletedProcess([str(pid)], os.waitstatus_to_exitcode(waited[1]), stdout, stderr)
 
 
 def _forked_main(script: str, args: tuple[str, ...], cwd: Path, out: int, err: int) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY_DATA, compose_config, run_entry, run_script, script_env
+from conftest import ROOT, TINY_DATA, compose_config, run_entry, run_script, script_env, start_forked, wait_forked
 from segkit.tasks.evaluate import evaluate
 from segkit.tasks.train import optimized_value, train
 
@@ -144,20 +144,11 @@ def test_train_then_evaluate_scripts(tmp_path):
 
 
 def test_unknown_backbone_fails_at_start_up_and_simultaneous_runs_get_their_own_directories(tmp_path):
-    env = script_env()
-    args = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "backbone.name=resnet5O",
-        "logger=csv",
-        *TINY_DATA,
-        f"paths.log_dir={tmp_path}",
-    ]
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=300)
+    args = ["backbone.name=resnet5O", "logger=csv", *TINY_DATA, f"paths.log_dir={tmp_path}"]
+    children = [start_forked(str(ROOT / "train.py"), *args, cwd=tmp_path) for _ in range(2)]  # two at once
+    for proc in map(wait_forked, children):
         assert proc.returncode != 0
-        assert 'Unknown backbone "resnet5O"' in stderr and "resnet50" in stderr
+        assert 'Unknown backbone "resnet5O"' in proc.stderr and "resnet50" in proc.stderr
     assert len(list((tmp_path / "train" / "runs").iterdir())) == 2
 
 
