@@ -152,11 +152,10 @@ class FolderDataModule(FileDataModule):
         samples = []
         for key, image in keys.items():
             masks = self.mask_files(mask_dir, key)
-            link = broken_link(image) or next(filter(None, map(broken_link, masks)), None)
+            broken = next(((path, why) for path in (image, *masks) if (why := broken_link(path))), None)
             missing = [mask for mask in masks if not mask.is_file()]
-            if link is not None:
-                broken = image if broken_link(image) else next(m for m in masks if broken_link(m))
-                problems.append(Problem(str(broken), "broken link", link))
+            if broken is not None:
+                problems.append(Problem(str(broken[0]), "broken link", broken[1]))
             elif not missing:
                 labels = tuple(masks) if self.label_layout == "folders" else ()
                 samples.append(Sample(image, masks[0], key, label_masks=labels))

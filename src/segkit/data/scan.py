@@ -63,13 +63,12 @@ class _FileScan(Dataset):
                 out["size"] = image.shape[:2]
                 out["dtype"] = str(image.dtype)
                 ignore_index = self.dataset.encoding.ignore_index
-                ignored = int((mask == ignore_index).sum()) if ignore_index is not None else 0
+                ignored = mask == ignore_index if ignore_index is not None else np.zeros(mask.shape, dtype=bool)
                 if mask.ndim == 3:  # multi-label: the pixels having each label
                     out["hist"] = (mask == 1).sum((1, 2)).tolist()
                 else:
-                    labelled = mask[mask != ignore_index] if ignore_index is not None else mask
-                    out["hist"] = np.bincount(labelled.ravel(), minlength=self.dataset.num_classes).tolist()
-                out["ignore"] = ignored
+                    out["hist"] = np.bincount(mask[~ignored], minlength=self.dataset.num_classes).tolist()
+                out["ignore"] = int(ignored.sum())
             else:
                 out["size"] = read_size(sample.image)
                 for path in sample.label_masks or (sample.mask,):

@@ -56,11 +56,13 @@ def colorize_labels(
     mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """A multi-label mask (C, H, W) as colours (H, W, 3), the mean of the colours of each pixel's labels (black where
-    it has none), and where it has at least one label (H, W)."""
+    it has none, `ignore_colour(palette)` where every label is ignored), and where it has at least one label (H, W)."""
     on = (mask == 1).astype(np.float32)
     count = on.sum(0)
     colour = np.einsum("chw,ck->hwk", on, np.asarray(palette, dtype=np.float32)[: len(mask)])
     colour = (colour / np.maximum(count, 1)[..., None]).round().astype(np.uint8)
+    if ignore_index is not None:
+        colour[(mask == ignore_index).all(0)] = ignore_colour(palette)
     return colour, count > 0
 
 
@@ -70,16 +72,14 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, palette, ignore_index: int | None
     only where every label is unknown."""
     if mask.ndim == 3:
         colour, labelled = colorize_labels(mask, palette, ignore_index)
-        blended = rgb.copy()
-        mixed = ((1 - alpha) * rgb.astype(np.float32) + alpha * colour.astype(np.float32)).round().astype(np.uint8)
-        blended[labelled] = mixed[labelled]
-        if ignore_index is not None:
-            blended[(mask == ignore_index).all(0)] = ignore_colour(palette)
-        return blended
-    colour = colorize(mask, palette, ignore_index)
+        ignored = (mask == ignore_index).all(0) if ignore_index is not None else None
+    else:
+        colour, labelled = colorize(mask, palette, ignore_index), None
+        ignored = mask == ignore_index if ignore_index is not None else None
     blended = ((1 - alpha) * rgb.astype(np.float32) + alpha * colour.astype(np.float32)).round().astype(np.uint8)
-    if ignore_index is not None:
-        ignored = mask == ignore_index
+    if labelled is not None:  # a pixel with no label keeps the image as it is
+        blended[~labelled] = rgb[~labelled]
+    if ignored is not None:
         blended[ignored] = colour[ignored]
     return blended
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.training.losses.targets import TaskLoss, per_class_weights, sigmoid_targets, weighted_mean
+from segkit.training.losses.targets import TaskLoss, element_weights, sigmoid_targets, weighted_mean
 
 
 def _weights_buffer(module: nn.Module, name: str, values: Sequence[float] | None) -> None:
@@ -68,8 +68,7 @@ class CrossEntropyLoss(TaskLoss):
         logits, fg, valid = sigmoid_targets(logits, target, self.ignore_index)
         soft = fg * (1 - self.label_smoothing) + self.label_smoothing / 2
         losses = F.binary_cross_entropy_with_logits(logits, soft, reduction="none", pos_weight=self.positive_weight)
-        weights = per_class_weights(self.class_weights, self.kind, fg)
-        return weighted_mean(losses, valid if weights is None else valid * weights)
+        return weighted_mean(losses, element_weights(self.class_weights, self.kind, fg, valid))
 
 
 class BinaryCrossEntropyLoss(CrossEntropyLoss):
@@ -146,8 +145,7 @@ class FocalLoss(TaskLoss):
         if self.kind.sigmoid:
             logits, fg, valid = sigmoid_targets(logits, target, self.ignore_index)
             log_p = -F.binary_cross_entropy_with_logits(logits, fg, reduction="none")  # log p_t
-            weights = per_class_weights(self.alpha, self.kind, fg)
-            weights = valid if weights is None else valid * weights
+            weights = element_weights(self.alpha, self.kind, fg, valid)
         else:
             valid = (target != self.ignore_index).float()
             safe_target = torch.where(valid > 0, target, 0)
@@ -230,8 +228,7 @@ class OhemCrossEntropyLoss(TaskLoss):
                 p = logits.sigmoid()
                 kept = self.hardest(torch.where(fg > 0, p, 1 - p), valid > 0)
             losses = F.binary_cross_entropy_with_logits(logits, fg, reduction="none")
-            weights = per_class_weights(self.class_weights, self.kind, fg)
-            return weighted_mean(losses, kept.float() if weights is None else kept.float() * weights)
+            return weighted_mean(losses, element_weights(self.class_weights, self.kind, fg, kept.float()))
         kept = self.hard_pixels(logits, target)
         safe_target = torch.where(kept, target, 0)
         losses = F.cross_entropy(logits.float(), safe_target, reduction="none")

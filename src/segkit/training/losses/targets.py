@@ -75,18 +75,20 @@ def class_probabilities(
     return softmax_targets(logits, target, ignore_index)
 
 
-def per_class_weights(weights: torch.Tensor | None, kind: TaskKind, fg: torch.Tensor) -> torch.Tensor | None:
-    """A sigmoid loss's weight of each element (B, C, P) from one weight per class: binary's by the true class
-    ([negative, positive]), multi-label's by channel. None without weights."""
+def element_weights(
+    weights: torch.Tensor | None, kind: TaskKind, fg: torch.Tensor, counted: torch.Tensor
+) -> torch.Tensor:
+    """A sigmoid loss's weight of each element (B, C, P): `counted` (the valid, or kept, elements as floats) times
+    one weight per class, binary's by the true class ([negative, positive]), multi-label's by channel."""
     if weights is None:
-        return None
+        return counted
     if kind.name == "binary":
         if weights.numel() != 2:
             raise ValueError(f"data.task=binary takes 2 class weights [negative, positive], not {weights.numel()}.")
-        return weights[0] + (weights[1] - weights[0]) * fg
+        return counted * (weights[0] + (weights[1] - weights[0]) * fg)
     if weights.numel() != fg.shape[1]:
         raise ValueError(f"{weights.numel()} class weights for {fg.shape[1]} labels: give one weight per label.")
-    return weights.view(1, -1, 1).expand_as(fg)
+    return counted * weights.view(1, -1, 1)
 
 
 def mean_where(values: torch.Tensor, weights: torch.Tensor, dim: int, empty: torch.Tensor) -> torch.Tensor:
