@@ -80,6 +80,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint, weights_only=True)
         except RunStopped as stop:
+            # Saved and stopping: a later SIGTERM (torchrun's agent passing the stop on to the other processes) must
+            # not cut the exit short. StopAndSave ignores it from its save on; Lightning's teardown undid that.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if trainer.is_global_zero:
                 print(f"{stop} Resume with: python train.py ckpt_path={output_dir}")
             raise SystemExit(stop.exit_code) from None
