@@ -2,13 +2,16 @@
 pool, deterministically and balanced; groups are never split; the test split is untouched; mistakes are refused
 naming the key or the file. Datamodules are built in this process on a dataset of tiny files (no training)."""
 
+import csv
+import json
+import statistics
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import compose_config
+from conftest import ROOT, compose_config, run_entry
 from helpers.fake_data import THREE_CLASSES, blocks, image_for, save
 from segkit.config.checks import ConfigError, validate
 from segkit.data import FolderDataModule, ListFileDataModule
@@ -160,3 +163,51 @@ def test_config_check_names_the_fold_keys(tmp_path):
         validate(cfg, "train")
     cfg = compose_config("train", [*overrides, "data.num_folds=3", "data.fold=2"], tmp_path / "run")
     assert validate(cfg, "train").data.num_folds == 3
+
+
+# ------------------------------------------------------------------------------------------------ the summary
+
+
+def write_job(sweep: Path, job: int, overrides: list[str], metrics: dict | None) -> None:
+    (sweep / str(job) / ".hydra").mkdir(parents=True)
+    (sweep / str(job) / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        (sweep / str(job) / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+
+
+def test_summarize_sweep_reports_mean_and_std_over_folds(tmp_path):
+    sweep = tmp_path / "sweep"
+    scores = {("fcn", 0): 0.50, ("fcn", 1): 0.60, ("fcn", 2): 0.70, ("unet", 0): 0.55, ("unet", 1): 0.65}
+    for job, (model, fold) in enumerate([*scores, ("unet", 2)]):
+        found = scores.get((model, fold))  # unet's fold 2 never finished
+        metrics = None if found is None else {"val/mIoU_best": found, "val/mDice": found + 0.1}
+        write_job(sweep, job, [f"model={model}", f"data.fold={fold}", "data.num_folds=3"], metrics)
+    proc = run_entry(str(ROOT / "summarize_sweep.py"), str(sweep), "--columns", "val/mDice", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    per_fold = [r for r in rows if r["job"].isdigit()]
+    assert len(per_fold) == 6 and sum(r["status"] == "unfinished" for r in per_fold) == 1  # the rows of before
+    summary = {(r["model"], r["job"]): r for r in rows if not r["job"].isdigit()}
+    fcn, unet = [0.50, 0.60, 0.70], [0.55, 0.65]
+    assert float(summary["fcn", "mean"]["val/mIoU_best"]) == pytest.approx(statistics.mean(fcn), abs=1e-4)
+    assert float(summary["fcn", "std"]["val/mIoU_best"]) == pytest.approx(statistics.stdev(fcn), abs=1e-4)
+    assert float(summary["fcn", "mean"]["val/mDice"]) == pytest.approx(statistics.mean(fcn) + 0.1, abs=1e-4)
+    assert float(summary["unet", "std"]["val/mIoU_best"]) == pytest.approx(statistics.stdev(unet), abs=1e-4)
+    assert summary["unet", "mean"]["n"] == "2" and summary["unet", "mean"]["data.fold"] == "0,1"
+    assert summary["fcn", "mean"]["data.fold"] == "0,1,2" and summary["fcn", "std"]["status"] == "3 of 3 folds"
+    text = (sweep / "summary.md").read_text()
+    assert "## Over folds" in text
+    assert "| fcn | 0,1,2 | 3 of 3 | 0.6000 ± 0.1000 | 0.7000 ± 0.1000 |" in text
+    assert "| unet | 0,1 | 2 of 3 | 0.6000 ± 0.0707 | 0.7000 ± 0.0707 |" in text
+
+
+def test_summary_without_folds_is_as_before(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, model in enumerate(["fcn", "unet"]):
+        write_job(sweep, job, [f"model={model}"], {"val/mIoU_best": 0.5 + job / 10})
+    assert run_entry(str(ROOT / "summarize_sweep.py"), str(sweep), cwd=tmp_path).returncode == 0
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == ["1", "0"] and "n" not in rows[0]
+    assert "Over folds" not in (sweep / "summary.md").read_text()
