@@ -16,6 +16,7 @@ from helpers.fake_data import THREE_CLASSES, blocks, image_for, save
 from segkit.config.checks import ConfigError, validate
 from segkit.data import FolderDataModule, ListFileDataModule
 from segkit.data.folds import FoldError, assign_folds
+from segkit.runs.resume import merge_repeats, plan, recorded_overrides
 
 CLASS_FACTS = {"num_classes": 3, "class_names": ["a", "b", "c"], "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]]}
 
@@ -211,3 +212,18 @@ def test_summary_without_folds_is_as_before(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["job"] for r in rows] == ["1", "0"] and "n" not in rows[0]
     assert "Over folds" not in (sweep / "summary.md").read_text()
+
+
+def test_a_fold_job_of_a_sweep_resumes_in_place_with_its_fold(tmp_path):
+    """`python train.py ckpt_path=<sweep>/<job>` continues that job in its folder, composed from its own overrides
+    (segkit.runs.resume): the fold it was started with, not the default one."""
+    job = tmp_path / "multiruns" / "stamp" / "3"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- experiment=membrane_folds\n- data.fold=3\n")
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+    resume = plan(tmp_path / "runs", str(job))
+    assert resume.in_place and resume.run == job.resolve() and resume.checkpoint == job / "checkpoints" / "last.ckpt"
+    overrides = merge_repeats([*recorded_overrides(job), f"ckpt_path={job}"])
+    cfg = compose_config("train", overrides, job)
+    assert (cfg.data.num_folds, cfg.data.fold, cfg.data.splits.test) == (5, 3, 0.1666)
