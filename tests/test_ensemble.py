@@ -75,7 +75,7 @@ def test_different_members_average_their_own_tta_probabilities(members):
     module = load_models(members, tta)
     assert isinstance(module.inference, Ensemble) and not module.inference.is_plain
     images = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
-    own = [Inference(**tta)(load_module(path), images, module.task) for path in members]
+    own = [Inference(**tta)(member, images, module.task) for member, _ in module.inference.members]
     assert not torch.allclose(own[0], own[1], atol=1e-3)  # the members disagree
     averaged = module.inference(module, images, module.task)
     torch.testing.assert_close(averaged, (own[0] + own[1]) / 2, rtol=1e-5, atol=1e-6)
@@ -143,3 +143,14 @@ def test_ckpt_paths_that_name_no_checkpoint(tmp_path):
     (tmp_path / "sweep" / "0" / ".hydra" / "overrides.yaml").write_text("- data.fold=0\n")
     with pytest.raises(CheckpointError, match=r"job 0 of the sweep .* has no checkpoint .*ckpt_path=\[a,b,...\]"):
         model_files(tmp_path / "sweep")
+
+
+def test_members_follow_the_module_the_trainer_converts(members):
+    """The trainer moves and converts only the module it runs (the first member): the others follow on first use."""
+    module = load_models(members, None)
+    module.to(torch.float64)
+    images = torch.rand(1, 3, 40, 56, dtype=torch.float64)
+    assert module.inference(module, images, module.task).dtype == torch.float32
+    assert all(next(member.parameters()).dtype == torch.float64 for member, _ in module.inference.members)
+    with pytest.raises(ValueError, match="not one of its members"):
+        module.inference(load_module(members[0]), images, module.task)

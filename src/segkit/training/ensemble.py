@@ -77,21 +77,24 @@ class Ensemble:
     @torch.no_grad()
     def __call__(self, net: nn.Module | None, images: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
         """The members' probabilities (B, num_classes, H, W), float32, averaged. `net` is the module whose step
-        calls (the first member); every member runs itself, moved to the images' device on first use (the trainer
-        moves only the first)."""
+        calls (the first member); every member runs itself, moved on first use to the images' device and to the
+        parameter type of `net` (the trainer moves and converts only the module it runs, e.g. bf16-true)."""
         if net is not None and not any(net is member for member, _ in self.members):
             raise ValueError("Ensemble: called with a network that is not one of its members.")
+        reference = _parameter(net) if net is not None else None
+        dtype = reference.dtype if reference is not None else None
         total = None
         for member, inference in self.members:
-            if _device(member) != images.device:
-                member.to(images.device)
-            probs = inference(member, images, task)
+            own = _parameter(member)
+            if own is not None and (own.device != images.device or (dtype is not None and own.dtype != dtype)):
+                member.to(device=images.device, dtype=dtype)
+            probs = inference(member, images, task).float()
             total = probs if total is None else total + probs
         return total / len(self.members)
 
 
-def _device(net: nn.Module) -> torch.device | None:
-    return next((p.device for p in net.parameters()), None)
+def _parameter(net: nn.Module) -> torch.Tensor | None:
+    return next(net.parameters(), None)
 
 
 def shared_facts(data: dict[str, Any]) -> dict[str, Any]:
