@@ -259,6 +259,7 @@ def _check_data(data: DictConfig, prefix: str, errors: list[str]) -> None:
         )
     _check(data, prefix, "in_channels", errors, _int(minimum=1), f"{prefix}.in_channels=3", "a whole number >= 1")
     _check(data, prefix, "repeat", errors, _int(minimum=1), f"{prefix}.repeat=1", "a whole number >= 1")
+    _check_folds(data, prefix, errors)
     _check(
         data,
         prefix,
@@ -313,6 +314,33 @@ def _check_data(data: DictConfig, prefix: str, errors: list[str]) -> None:
             f"{prefix}.ignore_index={ignore} is a class id ({prefix}.num_classes={num_classes}: classes are "
             f"0..{num_classes - 1}), so that class would never be learned nor scored. Allowed: null or a whole number "
             f"outside 0..{num_classes - 1}. Fix: {prefix}.ignore_index=255 (or null when nothing is ignored)."
+        )
+
+
+def _check_folds(data: DictConfig, prefix: str, errors: list[str]) -> None:
+    """k-fold's two numbers (segkit.data.folds says the same when a datamodule is built from Python)."""
+    num_folds = _check(
+        data,
+        prefix,
+        "num_folds",
+        errors,
+        _int(minimum=2, none=True),
+        f"{prefix}.num_folds=5",
+        "null (no k-fold) or a whole number >= 2",
+    )
+    fold = _check(
+        data, prefix, "fold", errors, _int(minimum=0), f"{prefix}.fold=0", "a whole number >= 0 (below num_folds)"
+    )
+    if isinstance(fold, int) and isinstance(num_folds, int) and fold >= num_folds:
+        every = ",".join(map(str, range(num_folds)))
+        errors.append(
+            f"{prefix}.fold={fold} is outside 0..{num_folds - 1} ({prefix}.num_folds={num_folds}). Allowed: 0 to "
+            f"{num_folds - 1}. Fix: {prefix}.fold=0, or every fold: python train.py -m {prefix}.fold={every}."
+        )
+    elif num_folds is None and isinstance(fold, int) and fold != 0:
+        errors.append(
+            f"{prefix}.fold={fold} but {prefix}.num_folds is null (k-fold is off). Fix: add {prefix}.num_folds=K "
+            f"(e.g. 5), or drop {prefix}.fold."
         )
 
 

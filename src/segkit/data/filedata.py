@@ -15,6 +15,7 @@ from segkit.data.datamodule import SPLITS, SegDataModule
 from segkit.data.dataset import Sample, SegmentationFiles
 from segkit.data.encoding import MaskEncoding
 from segkit.data.files import DataError
+from segkit.data.folds import FoldSettings, assign_folds, fold_settings, groups_by_pattern, groups_from_file
 from segkit.data.presence import file_stats
 from segkit.data.scan import Problem, SplitReport, class_warnings, scan_split
 from segkit.data.transforms import SeededPipeline, build_pipeline
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 VERIFY_MODES = ("quick", "full", "off")
 LABEL_LAYOUTS = ("folders", "file")
 MAX_PROBLEMS_SHOWN = 12
+FOLDED_SPLITS = ("train", "val")  # the training pool k-fold cuts; the test split stays as it is
 
 
 class FileDataModule(SegDataModule):
@@ -47,6 +49,14 @@ class FileDataModule(SegDataModule):
         repeat: the train split listed that many times per epoch (small datasets: more random crops between
             validations).
         verify: the start-up check: "quick" (pairs and headers of every file, some decoded), "full" or "off".
+        num_folds: k-fold cross-validation (segkit.data.folds): the training pool (what the train and val splits
+            would hold) cut into this many folds; None: off, the splits as they are.
+        fold: with num_folds, the fold that validates (0..num_folds-1); the other folds train, the test split is
+            untouched.
+        fold_group: with num_folds, a regular expression searched in each image's key whose first group names its
+            group (e.g. `^(patient\\d+)_`): a group's images stay in one fold.
+        fold_group_file: with num_folds, a text file (relative to root) of `key group` lines, instead of fold_group.
+        fold_seed: the shuffle of the sorted keys that cuts the folds (the layouts pass their `split_seed`).
         label_layout: a multi-label task's masks (`task: multilabel`): "folders", a mask per label and image,
             `<mask_dir>/<label>/<key><mask_suffix>` with the labels' names from class_names; or "file", one file per
             image holding every label's plane (`mask_suffix` .tif/.tiff, multi-page or multi-band, or .npy), (C, H,
@@ -75,9 +85,16 @@ class FileDataModule(SegDataModule):
         repeat: int = 1,
         verify: str = "quick",
         label_layout: str = "folders",
+        num_folds: int | None = None,
+        fold: int = 0,
+        fold_group: str | None = None,
+        fold_group_file: str | None = None,
+        fold_seed: int = 0,
         **common: Any,
     ) -> None:
         super().__init__(**common)
+        self.folds: FoldSettings | None = fold_settings(num_folds, fold, fold_seed, fold_group, fold_group_file)
+        self._fold_pool: dict[str, tuple[list[Sample], list[Problem]]] | None = None
         if verify not in VERIFY_MODES:
             raise ValueError(f"data.verify={verify!r} is not one of {VERIFY_MODES}.")
         if label_layout not in LABEL_LAYOUTS:
@@ -117,7 +134,8 @@ class FileDataModule(SegDataModule):
 
     def make_dataset(self, split: str, augment: bool = True) -> SegmentationFiles:
         self.check_root()
-        samples, problems = self.find_samples(split)
+        folded = self.folds is not None and split in FOLDED_SPLITS
+        samples, problems = self.fold_samples(split) if folded else self.find_samples(split)
         self.problems[split] = problems
         pipeline = self.pipelines["train" if split == "train" else "eval"] if augment else None
         return SegmentationFiles(
@@ -129,6 +147,50 @@ class FileDataModule(SegDataModule):
             repeat=self.repeat if split == "train" else 1,
             num_labels=self.num_classes if self.task.multilabel else None,
         )
+
+    def fold_samples(self, split: str) -> tuple[list[Sample], list[Problem]]:
+        """With k-fold on, the train or val split: the pool (what `find_samples` gives both) cut into folds once,
+        fold `fold` validating. The pool's listing problems go with the train split, so they are reported once."""
+        if self._fold_pool is None:
+            self._fold_pool = self._cut_folds()
+        return self._fold_pool[split]
+
+    def _cut_folds(self) -> dict[str, tuple[list[Sample], list[Problem]]]:
+        folds = self.folds
+        pool, problems = [], []
+        for split in FOLDED_SPLITS:
+            found, listed = self.find_samples(split)
+            pool += found
+            problems += listed
+        if not pool:  # nothing to cut: the data check says why the splits are empty
+            return {"train": ([], problems), "val": ([], [])}
+        counts: dict[str, int] = {}
+        for sample in pool:
+            counts[sample.name] = counts.get(sample.name, 0) + 1
+        # A key twice in the pool (the same name in a train and a val folder): told apart by the image's path.
+        ids = [s.name if counts[s.name] == 1 else str(s.image) for s in pool]
+        files = [str(s.image) for s in pool]
+        keys = [s.name for s in pool]
+        groups = None
+        if folds.group:
+            groups = groups_by_pattern(keys, folds.group, files)
+        elif folds.group_file:
+            groups = groups_from_file(keys, self.root / folds.group_file, files)
+        assigned = assign_folds(ids, folds.num_folds, folds.seed, groups)
+        order = sorted(range(len(pool)), key=lambda i: ids[i])
+        val = [pool[i] for i in order if assigned[i] == folds.fold]
+        train = [pool[i] for i in order if assigned[i] != folds.fold]
+        grouped = f" in {len(set(groups))} groups" if groups is not None else ""
+        log.info(
+            "k-fold: %s: %d images train, %d validate, of a pool of %d%s (seed %d); the test split is untouched.",
+            folds.describe(),
+            len(train),
+            len(val),
+            len(pool),
+            grouped,
+            folds.seed,
+        )
+        return {"train": (train, problems), "val": (val, [])}
 
     def setup(self, stage: str | None = None) -> None:
         new = [split for split in SPLITS if split not in self.datasets]

@@ -66,7 +66,7 @@ class FolderDataModule(FileDataModule):
         mask_suffix: the masks' file ending.
         split_by: "folders", "lists" or "ratio" (above).
         splits: what each split is, by split_by: {train: ..., val: ..., test: ...}.
-        split_seed: the draw of split_by=ratio.
+        split_seed: the draw of split_by=ratio, and of k-fold's folds (`num_folds`, FileDataModule).
         **kwargs: `FileDataModule`'s arguments (mask encoding, pipelines, check) and `SegDataModule`'s.
 
     Example:
@@ -90,7 +90,7 @@ class FolderDataModule(FileDataModule):
         split_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(root=root, **kwargs)
+        super().__init__(root=root, fold_seed=split_seed, **kwargs)
         if split_by not in ("folders", "lists", "ratio"):
             raise ValueError(f"data.split_by={split_by!r} is not one of folders, lists, ratio.")
         splits = {k: v for k, v in (splits or {}).items() if v is not None}
@@ -329,6 +329,7 @@ class ListFileDataModule(FileDataModule):
         root: the dataset's folder.
         lists: the list file of each split, relative to root: {train: train.txt, val: val.txt, test: null}.
         strip_prefix: removed from the start of every listed path, e.g. SegNet's `/SegNet/CamVid/`.
+        split_seed: the draw of k-fold's folds (`num_folds`, FileDataModule).
         **kwargs: `FileDataModule`'s arguments (mask encoding, pipelines, check) and `SegDataModule`'s.
 
     Example:
@@ -339,8 +340,15 @@ class ListFileDataModule(FileDataModule):
         ... )  # doctest: +SKIP
     """
 
-    def __init__(self, root: str, lists: Mapping[str, str] | None = None, strip_prefix: str = "", **kwargs: Any):
-        super().__init__(root=root, **kwargs)
+    def __init__(
+        self,
+        root: str,
+        lists: Mapping[str, str] | None = None,
+        strip_prefix: str = "",
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, fold_seed=split_seed, **kwargs)
         self.lists = {k: v for k, v in (lists or {}).items() if v is not None}
         self.strip_prefix = strip_prefix
 

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 def plain(cfg: DictConfig | None) -> Any:
     """A resolved, plain-Python copy of a config node: safe for hyperparameters and `weights_only` loading."""
     return None if cfg is None else OmegaConf.to_container(cfg, resolve=True)
+
+
+def checkpoint_argument(value: Any) -> str | list[str]:
+    """`ckpt_path` as given: one path, or a list (`ckpt_path=[a,b,c]`, an ensemble) as plain strings."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        return [str(v) for v in value]
+    return str(value)
 
 
 def wandb_has_credentials() -> bool:

@@ -1,7 +1,9 @@
-"""Score a checkpoint on a split. The checkpoint alone is enough: it carries its data config."""
+"""Score a checkpoint, or an ensemble of several (`ckpt_path=[a,b,c]`, a run or sweep directory), on a split. The
+checkpoint alone is enough: it carries its data config (an ensemble's first member's)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -11,11 +13,13 @@ from segkit.reports.evaluation import build_report, print_report, write_report_f
 from segkit.reports.predictions import MaskWriter, PredictionTable
 from segkit.runs.atomic import write_json
 from segkit.runs.console import quiet_known_noise
-from segkit.tasks.common import build_trainer, finish_wandb, log_to_files, plain, split_metrics
-from segkit.training.inference import build_inference
-from segkit.training.module import SegmentationModule, load_module
+from segkit.runs.model_files import model_files
+from segkit.tasks.common import build_trainer, checkpoint_argument, finish_wandb, log_to_files, plain, split_metrics
+from segkit.training.ensemble import load_models, member_names
+from segkit.training.module import SegmentationModule
 
 SPLITS = ("val", "test")
+log = logging.getLogger(__name__)
 
 
 def checkpoint_data(cfg: DictConfig, module: SegmentationModule) -> DictConfig:
@@ -30,10 +34,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ValueError(f"split='{split}' is not one of {SPLITS}.")
     quiet_known_noise()
     trusted = cfg.get("trusted_modules") or ()
-    module = load_module(cfg.ckpt_path, trusted=trusted)
+    ckpt_path = checkpoint_argument(cfg.ckpt_path)
+    paths = model_files(ckpt_path)
+    module = load_models(
+        paths, plain(cfg.inference), trusted=trusted, data_of=lambda member: plain(checkpoint_data(cfg, member))
+    )
     data_cfg = checkpoint_data(cfg, module)
-    module.inference = build_inference(plain(cfg.inference), plain(data_cfg))
-    source = "the data config of this command" if cfg.get("data") else f"checkpoint {cfg.ckpt_path}"
+    members = member_names(module)
+    if members and split == "val" and data_cfg.get("num_folds"):
+        log.warning(
+            "The val split of this k-fold data config is one fold (data.fold=%s); the other members of the ensemble "
+            "trained on it, so its score flatters them. Score an ensemble of folds on split=test.",
+            data_cfg.get("fold"),
+        )
+    source = "the data config of this command" if cfg.get("data") else f"checkpoint {paths[0]}"
     datamodule = safe_instantiate(data_cfg, source=source, trusted=trusted, key="data")
     output_dir = Path(cfg.paths.output_dir)
     callbacks = []
@@ -60,13 +74,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         finish_wandb()
     report = build_report(module.last_confusion[split], datamodule.class_names, module.task.name)
     if trainer.is_global_zero:
-        text = print_report(report, f"{split} of {cfg.ckpt_path} ({module.inference})")
+        # An ensemble's description lists its members.
+        scored = f"{ckpt_path} ({module.inference})" if members is None else str(module.inference)
+        text = print_report(report, f"{split} of {scored}")
         write_report_files(report, output_dir)
         log_to_files(f"{text}Report: {output_dir}")  # evaluate.log holds what the console showed
         write_json(
             output_dir / "metrics.json",
             {
-                "checkpoint": str(cfg.ckpt_path),
+                "checkpoint": str(paths[0]) if members is None else ckpt_path,
+                "members": members,
                 "split": split,
                 "inference": plain(cfg.inference),
                 "metrics": metrics,

@@ -17,9 +17,9 @@ from segkit.data.inputs import ImageBatches, ImageFiles, find_images, read_failu
 from segkit.errors import Refusal
 from segkit.reports.predictions import MaskWriter
 from segkit.runs.console import quiet_known_noise
-from segkit.tasks.common import plain
-from segkit.training.inference import build_inference
-from segkit.training.module import load_module
+from segkit.runs.model_files import model_files
+from segkit.tasks.common import checkpoint_argument, plain
+from segkit.training.ensemble import load_models
 
 
 class UnreadableInputs(Refusal, RuntimeError):
@@ -62,9 +62,11 @@ class _Writer(MaskWriter):
 def predict(cfg: DictConfig) -> Path:
     files = find_images(cfg.input)  # before the checkpoint: a wrong input fails at once
     quiet_known_noise()
-    module = load_module(cfg.ckpt_path, trusted=cfg.get("trusted_modules") or ())
+    # One checkpoint, or an ensemble (several, a run or a sweep directory): the first's data facts, every member's
+    # probabilities averaged (segkit.training.ensemble).
+    paths = model_files(checkpoint_argument(cfg.ckpt_path))
+    module = load_models(paths, plain(cfg.inference), trusted=cfg.get("trusted_modules") or ())
     data = module.hparams.data
-    module.inference = build_inference(plain(cfg.inference), data)
     in_channels = int(data["in_channels"])
     batches = ImageBatches(ImageFiles(files, in_channels, data.get("image_max_value")), cfg.batch_size)
     loader = DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
