@@ -8,6 +8,7 @@ import csv
 import importlib.util
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,14 @@ def test_the_closing_lines_name_the_command_that_shows_the_store(tmp_path, monke
     assert mlflow_ui_command(f"sqlite:///{tmp_path}/logs/mlflow/mlflow.db") == "make mlflow"
     assert mlflow_ui_command("sqlite:////elsewhere/m.db") == "make mlflow MLFLOW_STORE=/elsewhere/m.db"
     assert mlflow_ui_command("http://host:5000") == "http://host:5000"
+
+
+def test_without_mlflow_the_logger_is_refused_with_the_fix(monkeypatch):
+    from segkit.runs.mlflow_logger import MLFlowLogger, MLflowMissing
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    with pytest.raises(MLflowMissing, match=r"pip install -c constraints.txt -e '.\[mlflow\]'"):
+        MLFlowLogger(tracking_uri="sqlite:///unused/mlflow.db")
 
 
 def test_mlflow_tags_name_a_sweeps_group_and_each_jobs_overrides():

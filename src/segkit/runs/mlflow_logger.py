@@ -19,6 +19,8 @@ from lightning.fabric.utilities.logger import _convert_params
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from segkit.errors import Refusal
+
 log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
@@ -28,6 +30,10 @@ MAX_KEY_LENGTH = 250
 PARAMS_PER_BATCH = 100
 # A param or metric name may hold letters, digits and `_ - . / : ` (space); anything else becomes `_`.
 _NOT_IN_KEY = re.compile(r"[^\w\-./: ]")
+
+
+class MLflowMissing(Refusal, ModuleNotFoundError):
+    """logger=mlflow without mlflow installed."""
 
 
 def sqlite_path(tracking_uri: str | None) -> Path | None:
@@ -86,6 +92,13 @@ class MLFlowLogger(LightningMLFlowLogger):
 
     def __init__(self, *args: Any, tracking_uri: str | None = None, artifact_location: str | None = None, **kw: Any):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise MLflowMissing(
+                "logger=mlflow needs MLflow's client, which is not installed. Fix: make setup, or "
+                "pip install -c constraints.txt -e '.[mlflow]'; or choose another logger (logger=default)."
+            ) from None
         database = sqlite_path(tracking_uri)
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
