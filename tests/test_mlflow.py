@@ -26,7 +26,8 @@ needs_mlflow = pytest.mark.skipif(
 LRS = ("0.001", "0.003")
 
 
-def test_logger_mlflow_and_the_default_set_with_mlflow_compose(tmp_path):
+def test_logger_mlflow_and_the_default_set_with_mlflow_compose(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # which would win over the local store
     alone = compose_config("train", ["logger=mlflow"], tmp_path / "a")
     assert list(alone.logger) == ["csv", "mlflow"]
     assert alone.logger.mlflow._target_ == "segkit.runs.mlflow_logger.MLFlowLogger"
