@@ -1,10 +1,13 @@
-"""Tests never touch the network: W&B runs offline and timm/Hugging Face never download."""
+"""Tests never touch the network: W&B runs offline, timm/Hugging Face never download, albumentations does not look
+for updates and MLflow sends no telemetry."""
 
 import os
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations asks pypi.org for a newer release on import
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("PYTHONHASHSEED", "0")
 # Under pytest-xdist (`make test` runs `-n auto`) each worker, and each command it starts, computes on one thread:
 # workers x threads stay within the cores, where oversubscribed OpenMP threads would wait on each other.

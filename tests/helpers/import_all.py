@@ -2,9 +2,9 @@
 
 `make check-install` runs it in a fresh virtual environment built from the package's own metadata (plus the
 constraints file): a runtime import that pyproject.toml does not declare fails here, by name. Optional groups
-(`export`, `sweeps`, `tensorboard`) are imported only when `--extras` says they were installed.
+(`export`, `sweeps`, `tensorboard`, `mlflow`) are imported only when `--extras` says they were installed.
 
-    python tests/helpers/import_all.py [--extras export,sweeps,tensorboard]
+    python tests/helpers/import_all.py [--extras export,sweeps,tensorboard,mlflow]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ EXTRAS = {
         "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
     ),
     "tensorboard": ("tensorboard",),
+    "mlflow": ("mlflow", "mlflow.store.tracking.sqlalchemy_store"),  # logger=mlflow's local SQLite store
 }
 
 

@@ -1,18 +1,20 @@
 """What the dashboards show besides the scalars and the prediction samples: the first screen of TensorBoard (the
-run's scores and losses), the confusion matrix after each validation and test, and the run's hyperparameters for
-TensorBoard's HParams view (DashboardSummaries)."""
+run's scores and losses), the confusion matrix after each validation and test (an image; for MLflow also its
+counts as CSV), and the run's hyperparameters for TensorBoard's HParams view (DashboardSummaries)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
 import yaml
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from segkit.reports.drawing import confusion_heatmap
+from segkit.reports.evaluation import build_report, write_report_files
 from segkit.runs.resume import HYDRA_SUBDIR, is_run, recorded_overrides
 
 # The first screen of `make dashboard`: TensorBoard's Custom Scalars tab, which segkit.tasks.dashboard opens first,
@@ -76,11 +78,13 @@ class DashboardSummaries(L.Callback):
     - at the start of training, TensorBoard's Custom Scalars layout (SCALARS_LAYOUT): the run's scores, losses and
       learning rate, the first screen of `make dashboard`;
     - `val/confusion_matrix` after each validation (and `test/confusion_matrix` after testing): the heatmap of
-      segkit.reports.drawing (rows ground truth, each row normalised), to TensorBoard and W&B;
+      segkit.reports.drawing (rows ground truth, each row normalised), to TensorBoard and W&B; to MLflow as the
+      artifacts `confusion_matrix/<split>/` (confusion_matrix.png and .csv, per_class.csv: an evaluation's
+      files), the last validation's replacing the one before;
     - at the end of fitting, the run's hyperparameters for TensorBoard's HParams view (see run_hparams), with
       HPARAMS_COLUMNS and HPARAMS_METRICS as its columns, so the view compares the jobs of a sweep.
 
-    Takes no arguments; it writes to the run's TensorBoard and W&B loggers, and does nothing without them. In
+    Takes no arguments; it writes to the run's TensorBoard, W&B and MLflow loggers, and does nothing without them. In
     `conf/callbacks/default.yaml`.
 
     Example:
@@ -110,16 +114,21 @@ class DashboardSummaries(L.Callback):
 
     def _log_confusion(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
         matrix = getattr(pl_module, "last_confusion", {}).get(split)
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, (TensorBoardLogger, WandbLogger))]
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, (TensorBoardLogger, WandbLogger, MLFlowLogger))]
         if matrix is None or not loggers or not trainer.is_global_zero:
             return
-        picture = np.asarray(confusion_heatmap(matrix.numpy(), list(pl_module.hparams.data["class_names"])))
+        names = list(pl_module.hparams.data["class_names"])
+        picture = np.asarray(confusion_heatmap(matrix.numpy(), names))
         key, step = f"{split}/confusion_matrix", trainer.global_step
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(key, picture, step, dataformats="HWC")
-            else:
+            elif isinstance(logger, WandbLogger):
                 logger.log_image(key=key, images=[picture], step=step)
+            else:
+                with tempfile.TemporaryDirectory() as folder:
+                    write_report_files(build_report(matrix, names, pl_module.task.name), Path(folder))
+                    logger.experiment.log_artifacts(logger.run_id, folder, f"confusion_matrix/{split}")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:

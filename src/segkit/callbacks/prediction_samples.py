@@ -1,6 +1,6 @@
 """Prediction samples each validation: a few validation images with ground truth and prediction, as a PNG grid in
-the run directory, to TensorBoard and to W&B (interactive mask overlays). The pictures come from
-segkit.reports.drawing."""
+the run directory, to TensorBoard, to MLflow (that PNG, as an artifact) and to W&B (interactive mask overlays). The
+pictures come from segkit.reports.drawing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 
 from segkit.reports.drawing import grid, sample_panel, to_rgb
@@ -44,7 +44,8 @@ def validation_count(trainer: L.Trainer) -> int | None:
 
 class PredictionSamples(L.Callback):
     """Logs `num_samples` validation images with ground truth and prediction overlays: to W&B as interactive mask
-    overlays, to TensorBoard as an image, and as a PNG grid in `dirpath` (one per epoch).
+    overlays, to TensorBoard as an image, and as a PNG grid in `dirpath` (one per epoch), which MLflow gets as the
+    artifact `val_samples/epoch_NNN.png`.
 
     The images are spread over the validation set and the same every epoch: one chosen at random (from `seed`) in
     each of `num_samples` equal parts of the set (in video datasets the first images are near-identical frames).
@@ -103,12 +104,15 @@ class PredictionSamples(L.Callback):
         panels = [sample_panel(img, gt, pr, palette, ignore_index) for img, gt, pr in self._samples]
         self.dirpath.mkdir(parents=True, exist_ok=True)
         grid_image = grid(panels, columns=1)  # one panel a row; images of different sizes each keep their own
-        Image.fromarray(grid_image).save(self.dirpath / f"epoch_{trainer.current_epoch:03d}.png")
+        path = self.dirpath / f"epoch_{trainer.current_epoch:03d}.png"
+        Image.fromarray(grid_image).save(path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, data, trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/predictions", grid_image, trainer.global_step, dataformats="HWC")
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path), "val_samples")
         self._samples = []
 
     def _log_wandb(self, logger: WandbLogger, data: dict, step: int) -> None:

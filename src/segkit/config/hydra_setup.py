@@ -24,6 +24,7 @@ def register_resolvers() -> None:
     register("segkit.run_name", run_names.run_name, replace=True)
     register("segkit.wandb_group", run_names.wandb_group, replace=True)
     register("segkit.wandb_tags", run_names.wandb_tags, replace=True)
+    register("segkit.mlflow_tags", run_names.mlflow_tags, replace=True)
     # The working directory, resolvable before Hydra's own `${hydra:runtime.cwd}` exists (a sweep's directory is
     # resolved before any job starts).
     register("segkit.cwd", os.getcwd, replace=True)

@@ -33,6 +33,7 @@ TRUSTED_MODULES: tuple[str, ...] = (
     "segkit.training.losses",
     "segkit.data",
     "segkit.runs.loggers",
+    "segkit.runs.mlflow_logger",
     "segkit.callbacks",
     "segkit.reports.predictions",  # the callbacks of evaluate and predict
     "segkit.runs.checkpoint_io",

@@ -170,7 +170,23 @@ def closing_lines(output_dir: Path, best_checkpoint: str, loggers: list[Any]) ->
     names = {type(logger).__name__ for logger in loggers}
     if "TensorBoardLogger" in names:
         lines.append(f"Dashboard:       make dashboard  (or: python dashboard.py --logdir {output_dir})")
+    for logger in loggers:
+        if type(logger).__name__ == "MLFlowLogger" and logger.run_id:
+            lines.append(f"MLflow:          {mlflow_ui_command(logger._tracking_uri)}  (run {logger.run_id})")
     offline = sorted((output_dir / "wandb").glob("offline-run-*"))
     if offline:
         lines.append(f"W&B (offline):   wandb sync {offline[-1]}")
     return lines
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """How to see an MLflow store: `make mlflow` for the default one (logs/mlflow/mlflow.db here), with
+    MLFLOW_STORE for another local database, the address of a tracking server as it is."""
+    from segkit.runs.mlflow_logger import sqlite_path
+
+    database = sqlite_path(tracking_uri)
+    if database is None:
+        return tracking_uri
+    if database.resolve() == (Path.cwd() / "logs" / "mlflow" / "mlflow.db").resolve():
+        return "make mlflow"
+    return f"make mlflow MLFLOW_STORE={database}"
