@@ -1,12 +1,11 @@
-"""Tests never touch the network: W&B runs offline, timm/Hugging Face never download, albumentations does not look
-for updates and MLflow sends no telemetry."""
+"""Tests never touch the network: W&B runs offline, timm/Hugging Face never download and MLflow sends no telemetry
+(albumentations' update check is off in segkit itself: tests/test_transforms.py)."""
 
 import os
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations asks pypi.org for a newer release on import
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("PYTHONHASHSEED", "0")
 # Under pytest-xdist (`make test` runs `-n auto`) each worker, and each command it starts, computes on one thread:

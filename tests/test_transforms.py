@@ -1,5 +1,8 @@
 """Augmentation: image and mask move together, masks keep their ids, padding is ignored, workers differ."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import albumentations as A
@@ -112,3 +115,15 @@ def test_every_augment_option_runs_on_real_files(tmp_path, augment):
     item = instantiate(cfg.data).make_dataset("train")[0]
     expected = (48, 64) if augment == "none" else (32, 40)
     assert item["image"].shape == (3, *expected) and item["mask"].shape == expected
+
+
+def test_importing_the_augmentations_asks_no_server_for_updates():
+    """Albumentations looks for a newer release of itself on pypi.org when imported, unless told not to."""
+    code = (
+        "import socket; attempts = [];"
+        "socket.getaddrinfo = lambda host, *a, **k: attempts.append(host) or (_ for _ in ()).throw(OSError('no'));"
+        "import segkit.data.transforms; print(attempts)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

@@ -6,13 +6,18 @@ configs pass `fill_mask: ${data.ignore_index}`), so padded pixels are never lear
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Sequence
 
-import albumentations as A
-import cv2
-import numpy as np
-import torch
-from pydantic import Field
+# Albumentations asks pypi.org for a newer release of itself when imported (waiting up to 2 s without a network): a
+# run reaches no server unasked. A NO_ALBUMENTATIONS_UPDATE of the user's own wins.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from pydantic import Field  # noqa: E402
 
 
 class CatMaxRatioCrop(A.RandomCrop):
