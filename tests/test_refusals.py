@@ -7,6 +7,8 @@ import ast
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from conftest import ROOT, run_entry
 from helpers.fake_data import save
@@ -85,6 +87,19 @@ def test_only_refusals_lose_their_traceback(monkeypatch):
         command(Refusal("data.root=x is not a folder. Fix: ..."))
     with pytest.raises(ZeroDivisionError):
         command(ZeroDivisionError("a bug"))
+    # A class a config names refusing its arguments, wrapped by Hydra's instantiate: the refusal's message alone.
+    for cause in (Refusal("logger=mlflow needs mlflow. Fix: ..."), ValueError("a bug")):
+        try:
+            instantiate({"_target_": "builtins.divmod", "_args_": [1, 0]})  # a real InstantiationException
+        except InstantiationException as wrapped:
+            wrapped.__cause__ = cause
+            error = wrapped
+        if isinstance(cause, Refusal):
+            with pytest.raises(SystemExit, match="^logger=mlflow needs mlflow. Fix: ...$"):
+                command(error)
+        else:
+            with pytest.raises(InstantiationException):
+                command(error)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ import functools
 import os
 from typing import Any, Callable, TypeVar
 
+from hydra.errors import InstantiationException
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -51,8 +53,10 @@ def refusals_as_messages(function: F) -> F:
     def refusing(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
-        except Refusal as refusal:
-            if full_error():
+        except (Refusal, InstantiationException) as err:
+            # A class a config names (a logger, a callback) refusing its arguments reaches here wrapped by Hydra.
+            refusal = err.__cause__ if isinstance(err, InstantiationException) else err
+            if not isinstance(refusal, Refusal) or full_error():
                 raise
             # SystemExit is no Exception: it passes Hydra's and OmegaConf's error handling, and Python prints it.
             raise SystemExit(str(refusal)) from None
