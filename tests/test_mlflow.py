@@ -186,3 +186,28 @@ def test_params_beyond_one_batch_and_a_changed_value_keep_the_run_loggable(sweep
     params = MlflowClient(tracking_uri=uri).get_run(logger.run_id).data.params
     assert len(params) == 251 and params["group.key001"] == "1" and params["extra"] == "[1, 2]"
     assert "param group.key001 stays '1'" in caplog.text
+
+
+@needs_mlflow
+@pytest.mark.slow
+def test_a_run_resumed_in_place_logs_on_into_its_own_mlflow_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    args = ["logger=mlflow", *TINY_DATA, "trainer.max_epochs=2", "trainer.accelerator=cpu", "test=false"]
+    stop = [  # SIGTERM in the second epoch's first step (2 steps an epoch): saved there, stopped
+        "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
+        "+callbacks.interrupt.step=3",
+        "+callbacks.interrupt.signum=15",
+        "trusted_modules=[helpers.interrupt]",
+    ]
+    assert run_entry(str(ROOT / "train.py"), *args, *stop, cwd=tmp_path).returncode == 143
+    proc = run_entry(str(ROOT / "train.py"), "ckpt_path=last", "++callbacks.interrupt=null", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (job,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("segkit").experiment_id])  # one run, continued
+    assert run.info.status == "FINISHED" and run.data.params["output_dir"] == str(job)
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/mIoU")]
+    assert len(history) == 2 and history == [(s, pytest.approx(v, rel=1e-6)) for s, v in csv_history(job, "val/mIoU")]

@@ -90,7 +90,14 @@ class MLFlowLogger(LightningMLFlowLogger):
         >>> logger = MLFlowLogger(tracking_uri="sqlite:///logs/mlflow/mlflow.db")  # doctest: +SKIP
     """
 
-    def __init__(self, *args: Any, tracking_uri: str | None = None, artifact_location: str | None = None, **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        tracking_uri: str | None = None,
+        artifact_location: str | None = None,
+        continue_run_of: str | None = None,
+        **kw: Any,
+    ):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported
         try:
             import mlflow  # noqa: F401
@@ -106,6 +113,27 @@ class MLFlowLogger(LightningMLFlowLogger):
                 artifact_location = (database.parent / "artifacts").resolve().as_uri()
         super().__init__(*args, tracking_uri=tracking_uri, artifact_location=artifact_location, **kw)
         self._params: dict[str, str] = {}
+        if continue_run_of is not None and self._run_id is None:
+            self._continue(continue_run_of)
+
+    def _continue(self, output_dir: str) -> None:
+        """Logs into the MLflow run of the run directory `output_dir` (a run resumed in place, `ckpt_path=last`):
+        its newest run whose `output_dir` param is that directory, set running again; its params stay as they were.
+        None found (the interrupted run logged elsewhere): a new MLflow run."""
+        experiment = self._mlflow_client.get_experiment_by_name(self._experiment_name)
+        if experiment is None or "'" in output_dir:  # (a quote would end the filter's string)
+            return
+        found = self._mlflow_client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"params.output_dir = '{output_dir}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found:
+            self._run_id = found[0].info.run_id
+            self._params = dict(found[0].data.params)
+            self._mlflow_client.update_run(self._run_id, status="RUNNING")
+            log.info("MLflow: continuing run %s of %s.", self._run_id, output_dir)
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:

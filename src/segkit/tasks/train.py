@@ -118,8 +118,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def prepare_resume(cfg: DictConfig, run: Path, saved: dict, checkpoint: Path) -> int:
     """Continuing a run in place from `checkpoint` (its contents `saved`): temporary files a killed save left are
     removed, the resume record says where training continues, the run logs to its own W&B run (the id W&B
-    recorded in the run directory), and TensorBoard hides what the interrupted process logged after the
-    checkpoint (`purge_step`). Returns the checkpoint's global step."""
+    recorded in the run directory) and its own MLflow run (the one whose `output_dir` param is this run), and
+    TensorBoard hides what the interrupted process logged after the checkpoint (`purge_step`). Returns the
+    checkpoint's global step."""
     for leftover in remove_leftovers(run / LAST_CHECKPOINT.parent):
         log.info("Removed %s, left by a process killed while saving.", leftover)
     resumed_step = int(saved["global_step"])
@@ -133,6 +134,10 @@ def prepare_resume(cfg: DictConfig, run: Path, saved: dict, checkpoint: Path) ->
     if tensorboard_cfg is not None:
         with open_dict(tensorboard_cfg):
             tensorboard_cfg.purge_step = resumed_step
+    mlflow_cfg = loggers.get("mlflow")
+    if mlflow_cfg is not None and mlflow_cfg.get("run_id") is None:
+        with open_dict(mlflow_cfg):
+            mlflow_cfg.continue_run_of = str(run)
     return resumed_step
 
 
