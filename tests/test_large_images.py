@@ -221,4 +221,4 @@ def test_a_truncated_large_tiff_is_named_and_the_others_are_written(checkpoints,
     assert list(caught.value.failed) == [folder / "cut.tif"] and caught.value.written == 1
     assert f"  - {folder / 'cut.tif'}: cannot be read (" in str(caught.value)
     assert tifffile.imread(tmp_path / "out/masks/good.tif").shape == (300, 260)
-    assert not (tmp_path / "out/masks/cut.tif").exists() and not list((tmp_path / "out/masks").glob(".*partial"))
+    assert not (tmp_path / "out/masks/cut.tif").exists() and not list((tmp_path / "out/masks").glob(".*"))

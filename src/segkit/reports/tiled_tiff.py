@@ -4,12 +4,12 @@ tifffile writes a tiled page from an iterator of tiles in order (a row of tiles,
 The rows arrive from the blending engine in bands of any height, so they are gathered until a row of tiles is full,
 cut into tiles and handed to tifffile's writer, which runs in a thread of its own and pulls them from a short queue:
 memory is a row of tiles by the image's width, and compression overlaps the next windows' inference. The file is
-written under a temporary name and renamed when complete, so a failed image leaves no half-written mask.
+written through segkit.runs.atomic (a temporary file beside it, renamed when complete), so a failed image leaves
+no half-written mask.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from pathlib import Path
@@ -18,8 +18,16 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import tifffile
 
+from segkit.runs.atomic import atomic_open
+
 TILE = 256
 _END = object()
+
+
+class _Abandoned(Exception):
+    """The caller failed before the end: the temporary file goes, the target stays as it was."""
+
+
 # Past this many bytes of pixels a classic TIFF's 32-bit offsets may overflow: BigTIFF (QGIS and GDAL read both).
 CLASSIC_LIMIT = 2**31
 
@@ -62,8 +70,8 @@ class TiledTiffStream:
         self._pending_rows = self._written_rows = 0
         self._tiles: queue.Queue = queue.Queue(maxsize=2 * -(-width // tile))
         self._error: BaseException | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = self.path.with_name(f".{self.path.name}.partial")
+        self._decided = threading.Event()  # close() has said whether to keep the file
+        self._keep = False
         shape = (height, width) if bands == 1 else (height, width, bands)
         options: dict[str, Any] = {
             "shape": shape,
@@ -84,8 +92,14 @@ class TiledTiffStream:
 
     def _write(self, bigtiff: bool, options: dict[str, Any]) -> None:
         try:
-            with tifffile.TiffWriter(self._partial, bigtiff=bigtiff) as tif:
-                tif.write(self._drain(), **options)
+            with atomic_open(self.path, "wb") as file:
+                with tifffile.TiffWriter(file, bigtiff=bigtiff) as tif:
+                    tif.write(self._drain(), **options)
+                self._decided.wait()
+                if not self._keep:
+                    raise _Abandoned
+        except _Abandoned:
+            pass
         except BaseException as err:  # noqa: BLE001  (re-raised in the caller's thread)
             self._error = err
 
@@ -127,17 +141,16 @@ class TiledTiffStream:
             self._put(tile)
 
     def close(self, complete: bool = True) -> None:
-        """Ends the file: renamed into place when every row was written and `complete`, else removed."""
+        """Ends the file: in place when every row was written and `complete`, else no file at all."""
+        incomplete = self._written_rows != self.height
+        self._keep = complete and not incomplete
         self._put(_END)
+        self._decided.set()
         self._thread.join()
-        if complete and self._written_rows != self.height:
-            self._error = ValueError(f"{self.path}: {self._written_rows} of {self.height} rows were written")
-        if self._error is not None or not complete:
-            self._partial.unlink(missing_ok=True)
-            if self._error is not None and complete:
-                raise self._error
-            return
-        os.replace(self._partial, self.path)
+        if complete and incomplete:
+            raise ValueError(f"{self.path}: {self._written_rows} of {self.height} rows were written")
+        if complete and self._error is not None:
+            raise self._error
 
     def __enter__(self) -> TiledTiffStream:
         return self
