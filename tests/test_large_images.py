@@ -112,6 +112,20 @@ def test_blends_weigh_window_centres_and_the_names_agree_with_the_config_checks(
     assert checks.BLENDS == BLENDS and checks.PROBABILITY_FORMATS == PROBABILITY_FORMATS
 
 
+def test_bad_blends_thresholds_and_probability_formats_fail_at_start_up_naming_the_key(tmp_path):
+    bad = ["inference.blend=cosine", "inference.window_above=0", "probability_format=bf16", "save_probabilities=yes"]
+    cfg = compose_config("predict", ["ckpt_path=x", "input=y", *bad], tmp_path)
+    with pytest.raises(checks.ConfigError) as caught:
+        checks.validate(cfg, "predict")
+    for key in (
+        "inference.blend='cosine'",
+        "inference.window_above=0",
+        "probability_format='bf16'",
+        "save_probabilities",
+    ):
+        assert key in str(caught.value)
+
+
 def test_a_geotiff_is_predicted_window_by_window_into_a_georeferenced_tiled_tiff(checkpoints, tmp_path):
     height, width = 1500, 2000
     source = tmp_path / "in" / "scene.tif"

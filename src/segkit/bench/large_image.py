@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """Parses the command line (`--help`), measures, prints one line per run and then the table; returns the rows."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=8192, help="side of the large image, windowed (pixels)")
+    parser.add_argument("--height", type=int, default=None, help="the large image's height (default: --size)")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[2048, 4096], help="in-memory comparisons")
     parser.add_argument("--crop", type=int, default=512, help="window side (stride: two thirds of it)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
@@ -171,21 +172,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     checkpoint = save_checkpoint(
         workdir / "model.ckpt", [f"model={args.model}", f"backbone.name={args.backbone}", "backbone.pretrained=false"]
     )
-    runs = [(256, "start-up")]  # a 256 x 256 image: what any run pays for imports and the model
-    runs += [(size, "in memory") for size in args.memory_sizes]
-    runs += [(size, "windowed") for size in args.memory_sizes if size != args.size] + [(args.size, "windowed")]
+    runs = [(256, 256, "start-up")]  # a 256 x 256 image: what any run pays for imports and the model
+    runs += [(size, size, "in memory") for size in args.memory_sizes]
+    runs += [(size, size, "windowed") for size in args.memory_sizes if size != args.size]
+    runs += [(args.size, args.height or args.size, "windowed")]
     rows = []
-    for size, path in runs:
+    for width, height, path in runs:
         started = time.perf_counter()
-        image = write_image(workdir / f"image_{size}.tif", size, size)
+        image = write_image(workdir / f"image_{width}x{height}.tif", height, width)
         generated = time.perf_counter() - started
-        output = workdir / f"out_{size}_{path.replace(' ', '_')}"
-        window_above = size - 1 if path == "windowed" else size + 1  # size^2 > (size - 1)^2: windowed
+        output = workdir / f"out_{width}x{height}_{path.replace(' ', '_')}"
+        pixels = width * height  # windowed: more pixels than window_above^2; in memory: fewer
+        window_above = int(pixels**0.5) - 1 if path == "windowed" else int(pixels**0.5) + 1
         result = measure(predict_command(checkpoint, image, output, window_above, args), workdir)
-        row = {"size": size, "path": path, **result, "generated_s": generated}
+        row = {"width": width, "height": height, "path": path, **result, "generated_s": generated}
         rows.append(row)
         print(
-            f"{path:>9} {size:>6} x {size:<6} {result['seconds']:8.1f} s  peak RSS {result['peak_mb']:7.0f} MB  "
+            f"{path:>9} {width:>6} x {height:<6} {result['seconds']:8.1f} s  peak RSS {result['peak_mb']:7.0f} MB  "
             f"RSS at 1/4, 1/2, 3/4, end: {quarters(result['samples'])} MB",
             flush=True,
         )
@@ -194,12 +197,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"\npredict.py, {args.model} on {args.backbone} (untrained), windows {args.crop} every {2 * args.crop // 3}, "
         f"blend {args.blend}, batch {args.batch_size}; {os.cpu_count()} cores ({cpu}), torch threads default\n"
     )
-    print("| image | path | wall time | peak RSS | s per Mpx | RSS at 1/4, 1/2, 3/4, end of the run (MB) |")
+    start_up = rows[0]["seconds"]
+    print("| image | path | wall time | peak RSS | s per Mpx after start-up | RSS at 1/4, 1/2, 3/4, end of the run |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        mpx = row["size"] ** 2 / 1e6
+        mpx = row["width"] * row["height"] / 1e6
+        rate = "-" if row["path"] == "start-up" else f"{(row['seconds'] - start_up) / mpx:.2f}"
         print(
-            f"| {row['size']} x {row['size']} ({mpx:.0f} Mpx) | {row['path']} | {row['seconds']:.1f} s | "
-            f"{row['peak_mb']:.0f} MB | {row['seconds'] / mpx:.2f} | {quarters(row['samples'])} |"
+            f"| {row['width']} x {row['height']} ({mpx:.1f} Mpx) | {row['path']} | {row['seconds']:.1f} s | "
+            f"{row['peak_mb']:.0f} MB | {rate} | {quarters(row['samples'])} MB |"
         )
     return rows

@@ -87,30 +87,34 @@ def blend_rows(
     ys, xs = window_starts(height, ch, sh), window_starts(width, cw, sw)
     padded_width = max(width, cw)
     weight = weight.to(device)
-    total = count = None
-    base = 0  # the accumulator holds the (padded) rows base:base + total.shape[1]
+    total = count = None  # a fixed buffer of window + stride rows: its row 0 is the image's row `base`
+    base = 0
     for r, y in enumerate(ys):
         rows = read(y, min(y + ch, height)).float()
-        rows = F.pad(rows, (0, padded_width - width, 0, ch - rows.shape[1])).to(device)
+        if rows.shape[1] != ch or width != padded_width:  # only an image smaller than a window is padded
+            rows = F.pad(rows, (0, padded_width - width, 0, ch - rows.shape[1]))
+        rows = rows.to(device)
         windows = [rows[:, :, x : x + cw] for x in xs]
         scores = [score(torch.stack(windows[i : i + batch_size])).float() for i in range(0, len(windows), batch_size)]
+        del rows, windows
         if total is None:
-            channels = scores[0].shape[1]
-            total = rows.new_zeros((channels, 0, padded_width), dtype=torch.float32)
-            count = rows.new_zeros((1, 0, padded_width), dtype=torch.float32)
-        grow = y + ch - base - total.shape[1]
-        if grow > 0:
-            total = torch.cat([total, total.new_zeros((total.shape[0], grow, padded_width))], dim=1)
-            count = torch.cat([count, count.new_zeros((1, grow, padded_width))], dim=1)
+            total = scores[0].new_zeros((scores[0].shape[1], ch + sh, padded_width))
+            count = scores[0].new_zeros((1, ch + sh, padded_width))
         top = y - base
         for x, out in zip(xs, torch.cat(scores)):
             total[:, top : top + ch, x : x + cw] += out * weight
             count[:, top : top + ch, x : x + cw] += weight
+        del scores
         final = min(ys[r + 1] if r + 1 < len(ys) else height, height)  # rows above the next window row are done
         if final > base:
             done = final - base
             yield base, total[:, :done, :width] / count[:, :done, :width]
-            total, count, base = total[:, done:], count[:, done:], final
+            kept = total.shape[1] - done  # move the rows still open to the top, in place, and clear the rest
+            total[:, :kept] = total[:, done:].clone()
+            count[:, :kept] = count[:, done:].clone()
+            total[:, kept:] = 0
+            count[:, kept:] = 0
+            base = final
         if on_window_row is not None:
             on_window_row()
 
