@@ -111,8 +111,9 @@ class RasterRows:
 
     def rows(self, y0: int, y1: int) -> np.ndarray:
         """The rows y0:y1, (y1 - y0, W, in_channels) float32 in [0, 1], scaled as training scales images."""
-        raw = self.raw_rows(y0, y1)
-        return fit_channels(raw, self.in_channels).astype(np.float32) / self.scale
+        rows = self.raw_rows(y0, y1).astype(np.float32)  # one float copy, scaled in place
+        rows /= np.float32(self.scale)
+        return fit_channels(rows, self.in_channels)
 
     def raw_rows(self, y0: int, y1: int) -> np.ndarray:
         """The rows y0:y1 in the file's own dtype, (y1 - y0, W, C) with the file's channels."""

@@ -94,17 +94,17 @@ def blend_rows(
         if rows.shape[1] != ch or width != padded_width:  # only an image smaller than a window is padded
             rows = F.pad(rows, (0, padded_width - width, 0, ch - rows.shape[1]))
         rows = rows.to(device)
-        windows = [rows[:, :, x : x + cw] for x in xs]
-        scores = [score(torch.stack(windows[i : i + batch_size])).float() for i in range(0, len(windows), batch_size)]
-        del rows, windows
-        if total is None:
-            total = scores[0].new_zeros((scores[0].shape[1], ch + sh, padded_width))
-            count = scores[0].new_zeros((1, ch + sh, padded_width))
         top = y - base
-        for x, out in zip(xs, torch.cat(scores)):
-            total[:, top : top + ch, x : x + cw] += out * weight
-            count[:, top : top + ch, x : x + cw] += weight
-        del scores
+        for i in range(0, len(xs), batch_size):  # each batch's scores added at once: a row's are never all held
+            columns = xs[i : i + batch_size]
+            scores = score(torch.stack([rows[:, :, x : x + cw] for x in columns])).float()
+            if total is None:
+                total = scores.new_zeros((scores.shape[1], ch + sh, padded_width))
+                count = scores.new_zeros((1, ch + sh, padded_width))
+            for x, out in zip(columns, scores):
+                total[:, top : top + ch, x : x + cw] += out * weight
+                count[:, top : top + ch, x : x + cw] += weight
+        del rows, scores
         final = min(ys[r + 1] if r + 1 < len(ys) else height, height)  # rows above the next window row are done
         if final > base:
             done = final - base
