@@ -14,7 +14,7 @@ ARGS ?=
 MLFLOW_STORE ?= logs/mlflow/mlflow.db
 MLFLOW_PORT ?= 5000
 
-.PHONY: setup train evaluate predict export bench bench-gpu dashboard mlflow check-data browse-data summarize-sweep test test-fast \
+.PHONY: setup train evaluate predict export bench bench-large bench-gpu dashboard mlflow check-data browse-data summarize-sweep test test-fast \
 	lint check-install constraints clean
 
 setup: $(STAMP)
@@ -44,6 +44,10 @@ export: setup
 ## Throughput and memory (Lightning vs a bare loop, inference): make bench ARGS="model=fcn batch_sizes=[8,16]"
 bench: setup
 	$(PY) bench.py $(ARGS)
+
+## predict.py on a generated large image, windowed and in memory: make bench-large ARGS="--size 20000" (docs/large-images.md)
+bench-large: setup
+	$(PY) bench_large.py $(ARGS)
 
 ## The first-GPU suite, under 10 minutes: 3 models x fp32/bf16/channels_last/compile at 512x512, FLOPs and MFU, a real
 ## run's loading share -> gpu_bench.json + gpu_bench.md (docs/performance.md). Without CUDA it says so and exits 0.

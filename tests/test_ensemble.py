@@ -67,7 +67,7 @@ def test_two_identical_checkpoints_score_as_the_single_model(members, tmp_path, 
     assert (
         "val of Ensemble of 2 (Inference(mode=whole, crop_size=None, stride=None, scales=[1.0], flip=False, " in shown
     )
-    assert f"threshold=0.5)): {first}, {first}" in shown
+    assert f"blend=mean)): {first}, {first}" in shown
 
 
 def test_different_members_average_their_own_tta_probabilities(members):

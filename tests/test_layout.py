@@ -14,7 +14,7 @@ from conftest import ROOT
 
 SRC = ROOT / "src" / "segkit"
 HYDRA_SCRIPTS = ["train.py", "evaluate.py", "predict.py", "export.py", "check_data.py", "browse_data.py", "bench.py"]
-SCRIPTS = [*HYDRA_SCRIPTS, "summarize_sweep.py", "dashboard.py"]
+SCRIPTS = [*HYDRA_SCRIPTS, "summarize_sweep.py", "dashboard.py", "bench_large.py"]
 # The layers of src/segkit, lowest first (docs/architecture.md draws them). A module imports from its own package
 # and from lower layers only; the packages of one layer never import each other. "segkit": the leaf modules at the
 # top of the package (machine.py, moved.py), which import nothing of segkit.

@@ -28,6 +28,10 @@ from segkit.errors import Refusal
 ABSENT = object()  # a key the config does not have (or cannot resolve): not this module's to judge
 # data.sampling's values, as segkit.data.datamodule.SAMPLINGS (not imported: torch loads after these checks).
 SAMPLINGS = ("uniform", "class_balanced")
+# inference.blend's and predict's probability_format's values, as segkit.training.windows.BLENDS and
+# segkit.reports.predictions.PROBABILITY_FORMATS (not imported, for the same reason).
+BLENDS = ("mean", "gaussian", "linear")
+PROBABILITY_FORMATS = ("float16", "uint8")
 SIZE_KEYS = ("image_size", "crop_size")  # image_size first: synthetic's crop_size interpolates it
 
 
@@ -209,8 +213,28 @@ def validate(cfg: DictConfig, task: str) -> DictConfig:
                 f"inference.{key}=[512,512]",
                 "null, two whole numbers >= 1 (H, W) or one for a square",
             )
+        _check(inference, "inference", "blend", errors, _one_of(BLENDS, "a blend"), "inference.blend=mean", str(BLENDS))
+        _check(
+            inference,
+            "inference",
+            "window_above",
+            errors,
+            _int(minimum=1),
+            "inference.window_above=4096",
+            "a whole number >= 1 (the side of a square: images with more pixels go window by window)",
+        )
     if task == "predict":
         _check(cfg, "", "batch_size", errors, _int(minimum=1), "batch_size=8", "a whole number >= 1")
+        _check(cfg, "", "save_probabilities", errors, _bool, "save_probabilities=true", "true or false")
+        _check(
+            cfg,
+            "",
+            "probability_format",
+            errors,
+            _one_of(PROBABILITY_FORMATS, "a probability format"),
+            "probability_format=uint8",
+            str(PROBABILITY_FORMATS),
+        )
         _check(cfg, "", "num_workers", errors, _int(minimum=0), "num_workers=2", "a whole number >= 0")
     if errors:
         head = "Config error:" if len(errors) == 1 else f"{len(errors)} config errors:"

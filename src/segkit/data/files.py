@@ -56,7 +56,7 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in TIFF_SUFFIXES
 
 
-def _unreadable(path: Path, err: Exception) -> DataError:
+def unreadable(path: Path, err: Exception) -> DataError:
     return DataError(
         f"{path}: cannot be read ({type(err).__name__}: {err}). The file is truncated, corrupt or not an image. "
         f"Fix: re-export or re-download it, or remove it (and its pair) from the dataset.",
@@ -83,7 +83,7 @@ def read_size(path: Path) -> tuple[int, int]:
     except FileNotFoundError:
         raise _not_found(path) from None
     except (OSError, UnidentifiedImageError, ValueError, tifffile.TiffFileError) as err:
-        raise _unreadable(path, err) from err
+        raise unreadable(path, err) from err
 
 
 def _decode(path: Path, pil_mode: str | None = None) -> np.ndarray:
@@ -98,7 +98,7 @@ def _decode(path: Path, pil_mode: str | None = None) -> np.ndarray:
     except FileNotFoundError:
         raise _not_found(path) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, tifffile.TiffFileError) as err:
-        raise _unreadable(path, err) from err
+        raise unreadable(path, err) from err
 
 
 def read_image(path: Path, in_channels: int) -> np.ndarray:
@@ -119,16 +119,25 @@ def read_image(path: Path, in_channels: int) -> np.ndarray:
             kind="image shape",
             path=path,
         )
-    channels = image.shape[2]
-    if channels == 1 and in_channels == 3:
-        image = np.repeat(image, 3, axis=2)
-    elif channels != in_channels:
+    check_channels(path, image.shape[2], in_channels)
+    return fit_channels(image, in_channels)
+
+
+def check_channels(path: Path, channels: int, in_channels: int) -> None:
+    """A file's channels fit the model: the same number, or one to repeat for a three-channel model."""
+    if channels != in_channels and not (channels == 1 and in_channels == 3):
         raise DataError(
             f"{path}: has {channels} channel(s) but data.in_channels is {in_channels}. "
             f"Fix: set data.in_channels={channels} (the backbone's first layer adapts), or convert the file.",
             kind="channels",
             path=path,
         )
+
+
+def fit_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """(H, W, C) pixels as the model takes them (`check_channels` passed): one channel repeated for three."""
+    if image.shape[2] == 1 and in_channels == 3:
+        image = np.repeat(image, 3, axis=2)
     return np.ascontiguousarray(image)
 
 
@@ -185,7 +194,7 @@ def read_mask_stack(path: Path) -> np.ndarray:
         except FileNotFoundError:
             raise _not_found(path) from None
         except (OSError, ValueError) as err:
-            raise _unreadable(path, err) from err
+            raise unreadable(path, err) from err
     else:
         stack = _decode(path)
     return whole_numbers(stack, path, "store 0/1 per label")

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from segkit.reports.drawing import overlay, save_grey_png, save_index_png, to_rgb
+from segkit.task_kind import TaskKind
 
 LABEL_FORMATS = ("png", "tiff")
 
@@ -111,6 +112,9 @@ class MaskWriter(L.Callback):
         task: the checkpoint's `data.task`: multiclass, binary or multilabel.
         class_names: the labels' names (multilabel's folders).
         label_format: multilabel: "png" (a folder per label) or "tiff" (one multi-page file per image).
+        probabilities_dir: where each image's probabilities go as `<name>.tif` (`probability_bands`), when the
+            batch's outputs carry them (`probs`); None for none.
+        probability_format: "float16" or "uint8" (x 255).
 
     Example:
         >>> import numpy as np, torch
@@ -128,6 +132,8 @@ class MaskWriter(L.Callback):
         task: str = "multiclass",
         class_names: Sequence[str] | None = None,
         label_format: str = "png",
+        probabilities_dir: str | Path | None = None,
+        probability_format: str = "float16",
     ) -> None:
         if label_format not in LABEL_FORMATS:
             raise ValueError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
@@ -138,6 +144,8 @@ class MaskWriter(L.Callback):
         self.task = task
         self.class_names = list(class_names) if class_names else [str(i) for i in range(len(self.palette))]
         self.label_format = label_format
+        self.probabilities_dir = Path(probabilities_dir) if probabilities_dir else None
+        self.probability_format = probability_format
         self.written = 0
 
     def mask_path(self, name: str) -> Path:
@@ -163,9 +171,14 @@ class MaskWriter(L.Callback):
         else:
             save_index_png(self.mask_path(name), pred, self.palette)
 
-    def write(self, images: torch.Tensor, preds: torch.Tensor, names: Sequence[str]) -> None:
-        for image, pred, name in zip(images, preds.cpu().numpy(), names):
+    def write(
+        self, images: torch.Tensor, preds: torch.Tensor, names: Sequence[str], probs: torch.Tensor | None = None
+    ) -> None:
+        for i, (image, pred, name) in enumerate(zip(images, preds.cpu().numpy(), names)):
             self.save_mask(pred, name)
+            if self.probabilities_dir is not None and probs is not None:
+                bands = probability_bands(probs[i], TaskKind(self.task), self.probability_format)
+                save_probabilities(self.probabilities_dir / f"{name}.tif", bands)
             if self.overlays_dir is not None:
                 picture = overlay(to_rgb(image), pred, self.palette, self.ignore_index)
                 path = self.overlays_dir / f"{name}.png"
@@ -175,7 +188,7 @@ class MaskWriter(L.Callback):
 
     def _on_batch_end(self, outputs: Any, batch: dict[str, Any]) -> None:
         names = batch.get("name") or [f"{self.written + i:06d}" for i in range(len(batch["image"]))]
-        self.write(batch["image"], outputs["preds"], names)
+        self.write(batch["image"], outputs["preds"], names, outputs.get("probs"))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._on_batch_end(outputs, batch)
@@ -185,3 +198,36 @@ class MaskWriter(L.Callback):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._on_batch_end(outputs, batch)
+
+
+PROBABILITY_FORMATS = ("float16", "uint8")
+
+
+def probability_bands(probs: torch.Tensor, task: Any, probability_format: str = "float16") -> np.ndarray:
+    """Per-class probabilities (C, H, W) as the probability files store them: (H, W, bands), one band per class
+    (binary: the positive class's only, one band (H, W)); float16, or uint8 as round(p x 255).
+
+    Example:
+        >>> import torch
+        >>> from segkit.reports.predictions import probability_bands
+        >>> from segkit.task_kind import TaskKind
+        >>> probability_bands(torch.tensor([[[0.2]], [[0.8]]]), TaskKind("binary"), "uint8").tolist()
+        [[204]]
+    """
+    if task.name == "binary":
+        probs = probs[1:]
+    bands = probs.float().permute(1, 2, 0).cpu().numpy()
+    if probability_format == "uint8":
+        bands = np.rint(np.clip(bands, 0.0, 1.0) * 255).astype(np.uint8)
+    else:
+        bands = bands.astype(np.float16)
+    return bands[..., 0] if bands.shape[-1] == 1 else bands
+
+
+def save_probabilities(path: Path, bands: np.ndarray) -> None:
+    """A small image's probabilities: the same (H, W[, bands]) TIFF as a large image's, written at once."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"planarconfig": "contig"} if bands.ndim == 3 else {}
+    tifffile.imwrite(path, bands, photometric="minisblack", compression="zlib", metadata=None, **options)

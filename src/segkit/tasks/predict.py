@@ -1,25 +1,38 @@
 """Predict masks for image files with a trained checkpoint: palette PNGs and overlays, batched, on a GPU if any.
 
+Images with more pixels than `inference.window_above` squared take the windowed path instead: read in bands of
+rows, predicted window by window and written as tiled TIFFs as they go (segkit.reports.large_images), under any
+inference mode (`whole` becomes windows of the training crop). `save_probabilities=true` writes each image's
+per-class probabilities beside its mask, in one format for both paths.
+
 An input that cannot be read (or whose mask cannot be written) does not stop the others: every other mask is
 written, then `UnreadableInputs` lists each failed file with its reason (predict.py exits with status 1)."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
+import tifffile
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from segkit.data.files import DataError, read_size
 from segkit.data.inputs import ImageBatches, ImageFiles, find_images, read_failure
 from segkit.errors import Refusal
-from segkit.reports.predictions import MaskWriter
+from segkit.reports.large_images import LargeImages
+from segkit.reports.predictions import PROBABILITY_FORMATS, MaskWriter
 from segkit.runs.console import quiet_known_noise
 from segkit.runs.model_files import model_files
 from segkit.tasks.common import checkpoint_argument, plain
 from segkit.training.ensemble import load_models
+from segkit.training.inference import Inference
+from segkit.training.module import SegmentationModule
+
+log = logging.getLogger(__name__)
 
 
 class UnreadableInputs(Refusal, RuntimeError):
@@ -49,26 +62,102 @@ class _Writer(MaskWriter):
         self.done: set[str] = set()
         self.failed: dict[str, str] = {}
 
-    def write(self, images: Any, preds: Any, names: Any) -> None:
+    def write(self, images: Any, preds: Any, names: Any, probs: Any = None) -> None:
         for i, name in enumerate(names):
             try:
-                super().write(images[i : i + 1], preds[i : i + 1], [name])
+                super().write(images[i : i + 1], preds[i : i + 1], [name], None if probs is None else probs[i : i + 1])
             except (OSError, ValueError) as err:
                 self.failed[name] = f"its mask cannot be written as {self.mask_path(name)} ({err})."
             else:
                 self.done.add(name)
 
 
+def split_by_size(files: list[tuple[Path, str]], inference: Inference) -> tuple[list, list]:
+    """(small, large) inputs by the size in their headers; an unreadable header stays with the small ones, whose
+    batching reports it."""
+    small, large = [], []
+    for path, name in files:
+        try:
+            size = read_size(path)
+        except DataError:
+            small.append((path, name))
+            continue
+        (large if inference.is_large(size) else small).append((path, name))
+    return small, large
+
+
+def training_crop(data: dict) -> tuple[int, int]:
+    """The windows a whole-image inference takes on large images: the training crop (else the image size, else
+    512 x 512)."""
+    crop = data.get("crop_size") or data.get("image_size") or 512
+    crop = [crop, crop] if isinstance(crop, int) else list(crop)
+    return int(crop[0]), int(crop[-1])
+
+
+def predict_large(
+    files: list[tuple[Path, str]], module: SegmentationModule, trainer: Any, cfg: DictConfig, output: Path
+) -> tuple[int, dict[Path, str]]:
+    """The windowed path, image after image on the trainer's device and precision: (masks written, failures)."""
+    data, inference = module.hparams.data, module.inference
+    windows = inference.as_windows(training_crop(data))
+    if windows is not inference:
+        log.info(
+            "%d image(s) above %d x %d pixels (inference.window_above): inference=%s cannot hold them whole, so "
+            "they are predicted in windows of the training crop %s every %s pixels, read and written window by window.",
+            len(files),
+            inference.window_above,
+            inference.window_above,
+            inference.mode,
+            windows.crop_size,
+            windows.stride,
+        )
+    device = trainer.strategy.root_device
+    module.to(device).eval()
+    large = LargeImages(
+        output / "masks",
+        data["palette"],
+        module.task,
+        probabilities_dir=output / "probabilities" if cfg.get("save_probabilities") else None,
+        probability_format=cfg.get("probability_format", "float16"),
+    )
+    failed: dict[Path, str] = {}
+    for path, name in files:
+        try:
+            large.predict(
+                path,
+                name,
+                module,
+                windows,
+                int(data["in_channels"]),
+                data.get("image_max_value"),
+                device,
+                trainer.precision_plugin.forward_context,
+            )
+        except DataError as err:
+            failed[path] = str(err)
+        except (OSError, ValueError, tifffile.TiffFileError) as err:
+            failed[path] = f"its mask cannot be written as {large.mask_path(name)} ({type(err).__name__}: {err})."
+    if files:
+        print(f"{large.written} large image(s) window by window ({windows}) as tiled TIFFs in {output / 'masks'}")
+    return large.written, failed
+
+
 def predict(cfg: DictConfig) -> Path:
     files = find_images(cfg.input)  # before the checkpoint: a wrong input fails at once
     quiet_known_noise()
+    probability_format = cfg.get("probability_format", "float16")
+    if probability_format not in PROBABILITY_FORMATS:
+        raise ValueError(f"probability_format={probability_format!r} is not one of {PROBABILITY_FORMATS}.")
     # One checkpoint, or an ensemble (several, a run or a sweep directory): the first's data facts, every member's
     # probabilities averaged (segkit.training.ensemble).
     paths = model_files(checkpoint_argument(cfg.ckpt_path))
     module = load_models(paths, plain(cfg.inference), trusted=cfg.get("trusted_modules") or ())
     data = module.hparams.data
+    module.inference.window_batch = int(cfg.batch_size)
+    module.keep_probabilities = bool(cfg.get("save_probabilities", False))
+    small, large = split_by_size(files, module.inference)
     in_channels = int(data["in_channels"])
-    batches = ImageBatches(ImageFiles(files, in_channels, data.get("image_max_value")), cfg.batch_size)
+    batches = ImageBatches(ImageFiles(small, in_channels, data.get("image_max_value")), cfg.batch_size)
     loader = DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
     output = Path(cfg.output)
     writer = _Writer(
@@ -79,17 +168,20 @@ def predict(cfg: DictConfig) -> Path:
         task=module.task.name,
         class_names=data["class_names"],
         label_format=cfg.get("label_format", "png"),
+        probabilities_dir=output / "probabilities" if module.keep_probabilities else None,
+        probability_format=probability_format,
     )
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[writer]) if len(batches) or large else None
     if len(batches):
-        trainer = instantiate(cfg.trainer, logger=False, callbacks=[writer])
         with warnings.catch_warnings():  # workers each take every n-th batch: the length holds
             warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
             trainer.predict(module, dataloaders=loader, return_predictions=False)
     print(f"{writer.written} masks ({module.inference}) in {output / 'masks'}")
-    failed = dict(batches.failed)
-    for path, name in files:
+    written_large, failed = predict_large(large, module, trainer, cfg, output) if large else (0, {})
+    failed |= batches.failed
+    for path, name in small:
         if path not in failed and name not in writer.done:
             failed[path] = writer.failed.get(name) or read_failure(path, in_channels)
     if failed:
-        raise UnreadableInputs(failed, writer.written, output / "masks")
+        raise UnreadableInputs(failed, writer.written + written_large, output / "masks")
     return output

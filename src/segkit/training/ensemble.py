@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from segkit.config.checks import ConfigError
 from segkit.errors import Refusal
 from segkit.task_kind import TaskKind
-from segkit.training.inference import MULTICLASS, Inference, build_inference
+from segkit.training.inference import MULTICLASS, Inference, build_inference, stream_windows
 from segkit.training.module import SegmentationModule, load_module
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class Ensemble:
         """The members' probabilities (B, num_classes, H, W), float32, averaged. `net` is the module whose step
         calls (the first member); every member runs itself, moved on first use to the images' device and to the
         parameter type of `net` (the trainer moves and converts only the module it runs, e.g. bf16-true)."""
+        return self._average(net, images, lambda member, inference: inference(member, images, task))
+
+    def _average(self, net: nn.Module | None, images: torch.Tensor, probabilities: Callable) -> torch.Tensor:
         if net is not None and not any(net is member for member, _ in self.members):
             raise ValueError("Ensemble: called with a network that is not one of its members.")
         reference = _parameter(net) if net is not None else None
@@ -88,9 +92,72 @@ class Ensemble:
             own = _parameter(member)
             if own is not None and (own.device != images.device or (dtype is not None and own.dtype != dtype)):
                 member.to(device=images.device, dtype=dtype)
-            probs = inference(member, images, task).float()
+            probs = probabilities(member, inference).float()
             total = probs if total is None else total + probs
         return total / len(self.members)
+
+    # Large images (predict.py's windowed path, segkit.training.windows): the members score the same windows, and
+    # their probabilities of each window are averaged, then blended.
+
+    @property
+    def _first(self) -> Inference:
+        return self.members[0][1]
+
+    mode = property(lambda self: self._first.mode)
+    crop_size = property(lambda self: self._first.crop_size)
+    stride = property(lambda self: self._first.stride)
+    blend = property(lambda self: self._first.blend)
+    window_above = property(lambda self: self._first.window_above)
+
+    @property
+    def window_batch(self) -> int:
+        return self._first.window_batch
+
+    @window_batch.setter
+    def window_batch(self, value: int) -> None:
+        for _, inference in self.members:
+            inference.window_batch = int(value)
+
+    def is_large(self, size: Sequence[int]) -> bool:
+        return self._first.is_large(size)
+
+    def as_windows(self, crop_size: Sequence[int]) -> Ensemble:
+        """The ensemble over windows (`Inference.as_windows` of each member); its members must lay them out alike."""
+        windowed = Ensemble(
+            [(member, inference.as_windows(crop_size)) for member, inference in self.members], self.names
+        )
+        layouts = {(inference.crop_size, inference.stride, inference.blend) for _, inference in windowed.members}
+        if len(layouts) > 1:
+            raise ConfigError(
+                f"The ensemble's members slide different windows over large images ({sorted(layouts)}: window, "
+                "stride, blend), so their windows cannot be averaged. Fix: inference=slide "
+                "inference.crop_size=[512,512] (one window for all)."
+            )
+        return windowed
+
+    def window_scores(self, net: nn.Module | None, windows: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
+        """The members' probabilities of a batch of windows, averaged: what the windowed path blends."""
+
+        def probabilities(member: nn.Module, inference: Inference) -> torch.Tensor:
+            return inference.blended_probabilities(inference.window_scores(member, windows, task), task)
+
+        return self._average(net, windows, probabilities)
+
+    def blended_probabilities(self, blended: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
+        return blended  # blended probabilities already
+
+    @torch.no_grad()
+    def stream(
+        self,
+        net: nn.Module,
+        read: Callable[[int, int], torch.Tensor],
+        size: tuple[int, int],
+        task: TaskKind = MULTICLASS,
+        device: torch.device | str | None = None,
+        on_window_row: Callable[[], None] | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """`Inference.stream`: the averaged probabilities of an image read in rows, band after band."""
+        return stream_windows(self, net, read, size, task, device, on_window_row)
 
 
 def _parameter(net: nn.Module) -> torch.Tensor | None:

@@ -2,18 +2,23 @@
 
 - whole: one pass over the whole image; with `scales`, the image is resized first and the logits resized
   back to the original size before the argmax.
-- slide: windows of `crop_size` every `stride` pixels, logits of overlapping windows averaged (as in
-  MMSegmentation); an image smaller than a window is padded, and the padding cut off again.
+- slide: windows of `crop_size` every `stride` pixels, logits of overlapping windows blended (`blend`: averaged as
+  in MMSegmentation, or weighted by a Gaussian as in nnU-Net, or a linear ramp); an image smaller than a window is
+  padded, and the padding cut off again. One engine blends in-memory images and images read from disk in rows
+  (`stream`, segkit.training.windows), so both give the same masks.
 - test-time augmentation: every scale in `scales`, each also flipped horizontally when `flip`; the task's
-  probabilities (softmax, or sigmoid for binary and multi-label tasks), resized to the image, are averaged.
+  probabilities (softmax, or sigmoid for binary and multi-label tasks), resized to the image, are averaged. Under
+  slide, each window is augmented and its averaged probabilities are blended.
+
+An ensemble (or anything else) can take an `Inference`'s place on windows by offering its two window methods,
+`window_scores` and `blended_probabilities`.
 
 Binary and multi-label predictions are the probabilities at or above `threshold`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +26,7 @@ from torch import nn
 
 from segkit.config.checks import ConfigError
 from segkit.task_kind import TaskKind
+from segkit.training.windows import BLENDS, blend_rows, blend_weight
 
 MODES = ("whole", "slide")
 MULTICLASS = TaskKind("multiclass")
@@ -39,6 +45,11 @@ class Inference:
         scales: the image is resized by each, the logits resized back; their softmax probabilities are averaged.
         flip: also every scale flipped horizontally.
         threshold: binary and multi-label tasks: a label is predicted where its probability reaches it.
+        blend: the weight of a window's scores: "mean" (equal), "gaussian" (nnU-Net's, sigma 1/8 of the window),
+            "linear" (a ramp falling to the edges).
+        window_above: predict.py: images with more pixels than this squared are read, predicted and written window
+            by window (segkit.reports.large_images).
+        window_batch: windows per forward pass.
 
     Example:
         >>> import torch
@@ -60,6 +71,9 @@ class Inference:
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
         threshold: float = 0.5,
+        blend: str = "mean",
+        window_above: int = 4096,
+        window_batch: int = 8,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"inference.mode={mode!r} is not one of {MODES}.")
@@ -77,6 +91,18 @@ class Inference:
                 f"inference.threshold={threshold} must lie strictly between 0 and 1. Fix: e.g. inference.threshold=0.5."
             )
         self.threshold = float(threshold)
+        if blend not in BLENDS:
+            raise ConfigError(
+                f"inference.blend={blend!r} is not one of {', '.join(BLENDS)}. Fix: inference.blend=gaussian."
+            )
+        self.blend = blend
+        if int(window_above) < 1 or int(window_batch) < 1:
+            raise ConfigError(
+                f"inference.window_above={window_above} and the window batch {window_batch} must be >= 1. "
+                "Fix: e.g. inference.window_above=4096."
+            )
+        self.window_above = int(window_above)
+        self.window_batch = int(window_batch)
 
     @property
     def is_plain(self) -> bool:
@@ -86,7 +112,7 @@ class Inference:
     def __repr__(self) -> str:
         return (
             f"Inference(mode={self.mode}, crop_size={self.crop_size}, stride={self.stride}, scales={self.scales}, "
-            f"flip={self.flip}, threshold={self.threshold})"
+            f"flip={self.flip}, threshold={self.threshold}, blend={self.blend})"
         )
 
     @torch.no_grad()
@@ -98,6 +124,30 @@ class Inference:
     def __call__(self, net: nn.Module, images: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
         """Class probabilities (B, num_classes, H, W), float32 (a binary task's: the negative and the positive
         class's, from its one output channel)."""
+        if self.mode == "slide":
+            return self.blended_probabilities(self._slide(images, lambda w: self.window_scores(net, w, task)), task)
+        return self._augmented(net, images, task)
+
+    @property
+    def averages(self) -> bool:
+        """Test-time augmentation: several passes whose probabilities are averaged (else one plain pass)."""
+        return self.scales != [1.0] or self.flip
+
+    def window_scores(self, net: nn.Module, windows: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
+        """What is blended of a batch of windows (N, C_in, h, w): one plain pass's logits, or with test-time
+        augmentation the window's averaged probabilities. With `blended_probabilities`, the windowed paths' one
+        contact with the model: an object offering these two (an ensemble) can stand in for an `Inference`."""
+        if not self.averages:
+            return net(windows).float()
+        return self._augmented(net, windows, task)
+
+    def blended_probabilities(self, blended: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
+        """Probabilities (B, num_classes, H, W) from blended `window_scores`: the task's activation of blended
+        logits, or blended probabilities as they are."""
+        return blended if self.averages else task.probabilities(blended)
+
+    def _augmented(self, net: nn.Module, images: torch.Tensor, task: TaskKind) -> torch.Tensor:
+        """Every scale (and its flip) of whole images, their probabilities at the images' size averaged."""
         size = images.shape[-2:]
         total, passes = None, 0
         for scale in self.scales:
@@ -107,7 +157,7 @@ class Inference:
                 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
             )
             for flipped in (False, True) if self.flip else (False,):
-                logits = self.logits(net, scaled.flip(-1) if flipped else scaled)
+                logits = net(scaled.flip(-1) if flipped else scaled)
                 if flipped:
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != size:
@@ -118,26 +168,93 @@ class Inference:
         return total / passes
 
     def logits(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        return net(images) if self.mode == "whole" else self._slide(net, images)
+        """One plain pass's logits (B, C, H, W): of the whole images, or of windows blended."""
+        return net(images) if self.mode == "whole" else self._slide(images, lambda w: net(w).float())
 
-    def _slide(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        (ch, cw), (sh, sw) = self.crop_size, self.stride
+    def _slide(self, images: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The blended window scores of each image, through the same engine as images read from disk."""
         h, w = images.shape[-2:]
-        padded = F.pad(images, (0, max(cw - w, 0), 0, max(ch - h, 0)))
-        hp, wp = padded.shape[-2:]
-        rows = math.ceil(max(hp - ch, 0) / sh) + 1
-        cols = math.ceil(max(wp - cw, 0) / sw) + 1
-        total = count = None
-        for r in range(rows):
-            for c in range(cols):
-                y, x = min(r * sh, hp - ch), min(c * sw, wp - cw)
-                out = net(padded[..., y : y + ch, x : x + cw]).float()
-                if total is None:
-                    total = padded.new_zeros((images.shape[0], out.shape[1], hp, wp), dtype=torch.float32)
-                    count = padded.new_zeros((1, 1, hp, wp), dtype=torch.float32)
-                total[..., y : y + ch, x : x + cw] += out
-                count[..., y : y + ch, x : x + cw] += 1
-        return (total / count)[..., :h, :w]
+        weight = blend_weight(self.crop_size, self.blend)
+        blended = []
+        for image in images:
+            bands = blend_rows(
+                lambda y0, y1, image=image: image[:, y0:y1],
+                h,
+                w,
+                self.crop_size,
+                self.stride,
+                score,
+                weight,
+                self.window_batch,
+                images.device,
+            )
+            blended.append(torch.cat([band for _, band in bands], dim=1))
+        return torch.stack(blended)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        net: nn.Module,
+        read: Callable[[int, int], torch.Tensor],
+        size: tuple[int, int],
+        task: TaskKind = MULTICLASS,
+        device: torch.device | str | None = None,
+        on_window_row: Callable[[], None] | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Probabilities of an image read in rows (`read(y0, y1)` -> (C_in, y1 - y0, W) floats), yielded as
+        consecutive bands (y0, (num_classes, h, W)) from the top: windows as `_slide` lays them out, never the
+        whole image in memory (segkit.training.windows)."""
+        if self.mode != "slide":
+            raise ValueError("Inference.stream needs mode=slide: take `as_windows(crop_size)` of a whole inference.")
+        return stream_windows(self, net, read, size, task, device, on_window_row)
+
+    def as_windows(self, crop_size: Sequence[int]) -> Inference:
+        """This inference over windows: itself when it slides; a whole-image one (its scales, flips, threshold and
+        blend kept) over windows of `crop_size` every two thirds of a window, for images too large to go whole."""
+        if self.mode == "slide":
+            return self
+        return Inference(
+            mode="slide",
+            crop_size=crop_size,
+            scales=self.scales,
+            flip=self.flip,
+            threshold=self.threshold,
+            blend=self.blend,
+            window_above=self.window_above,
+            window_batch=self.window_batch,
+        )
+
+    def is_large(self, size: Sequence[int]) -> bool:
+        """An image of `size` (H, W) with more pixels than `window_above` squared: predicted window by window."""
+        return int(size[0]) * int(size[1]) > self.window_above**2
+
+
+@torch.no_grad()  # generator-aware: each step of the generator runs without autograd
+def stream_windows(
+    scorer: Any,
+    net: nn.Module,
+    read: Callable[[int, int], torch.Tensor],
+    size: tuple[int, int],
+    task: TaskKind = MULTICLASS,
+    device: torch.device | str | None = None,
+    on_window_row: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """`Inference.stream` for anything that lays windows out (`crop_size`, `stride`, `blend`, `window_batch`) and
+    scores them (`window_scores`, `blended_probabilities`): an `Inference` or an ensemble of them."""
+    bands = blend_rows(
+        read,
+        size[0],
+        size[1],
+        scorer.crop_size,
+        scorer.stride,
+        lambda w: scorer.window_scores(net, w, task),
+        blend_weight(scorer.crop_size, scorer.blend),
+        scorer.window_batch,
+        device,
+        on_window_row,
+    )
+    for y0, band in bands:
+        yield y0, scorer.blended_probabilities(band[None], task)[0]
 
 
 def build_inference(cfg: dict | None, data: dict) -> Inference:
@@ -151,7 +268,7 @@ def build_inference(cfg: dict | None, data: dict) -> Inference:
     Example:
         >>> from segkit.training.inference import build_inference
         >>> build_inference({"mode": "slide"}, {"crop_size": [64, 96]})
-        Inference(mode=slide, crop_size=(64, 96), stride=(42, 64), scales=[1.0], flip=False, threshold=0.5)
+        Inference(mode=slide, crop_size=(64, 96), stride=(42, 64), scales=[1.0], flip=False, threshold=0.5, blend=mean)
     """
     cfg = dict(cfg or {})
     if cfg.get("mode") == "slide" and not cfg.get("crop_size"):

@@ -125,6 +125,8 @@ class SegmentationModule(L.LightningModule):
         # How validation, test and predict turn images into predictions (evaluate.py and predict.py set it;
         # training validates with one plain forward pass). Not a hyperparameter: a checkpoint stays a model.
         self.inference = Inference()
+        # predict.py's save_probabilities: predict_step returns the probabilities beside the predictions.
+        self.keep_probabilities = False
         # The last summed confusion matrix of each split (rows ground truth), for detailed reports.
         self.last_confusion: dict[str, torch.Tensor] = {}
 
@@ -239,7 +241,11 @@ class SegmentationModule(L.LightningModule):
         return {"loss": loss, "preds": preds}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"preds": self.inference.predict(self, batch["image"], self.task), "names": batch["name"]}
+        if not self.keep_probabilities:
+            return {"preds": self.inference.predict(self, batch["image"], self.task), "names": batch["name"]}
+        probs = self.inference(self, batch["image"], self.task)
+        preds = self.task.decide(probs, self.inference.threshold)
+        return {"preds": preds, "probs": probs, "names": batch["name"]}
 
     def _log_epoch_scores(self, split: str) -> dict[str, torch.Tensor]:
         confusion = getattr(self, f"{split}_confusion")

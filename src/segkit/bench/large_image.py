@@ -1,0 +1,210 @@
+"""Benchmark of predict.py on a large image: wall time and peak RSS of the windowed path, and of the in-memory path
+on smaller images, each in a child process (a table, not a test; docs/large-images.md has the measured one):
+
+    python bench_large.py --size 20000            # `make bench-large ARGS="--size 20000"`
+    python bench_large.py --size 8192 --memory-sizes 2048 4096
+
+It writes a size x size RGB tiled TIFF (a deterministic pattern, generated and compressed a row of tiles at a time,
+never held whole), saves an untrained checkpoint of a small model (the figures are about reading, blending and
+writing; a larger model only adds its own time per pixel), and runs predict.py on it: with the windowed path, and
+for each of `--memory-sizes` (and the same sizes windowed, for comparison) on smaller images of the same pattern.
+Peak RSS is the child's own high-water mark (`/proc/<pid>/status` VmHWM, polled, and `wait4`'s ru_maxrss); the
+windowed run's RSS is also sampled over its run, to show that it does not grow as the rows go down the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+TILE = 256
+
+
+def pattern(y0: int, x0: int, height: int, width: int) -> np.ndarray:
+    """The benchmark image's pixels at (y0, x0): smooth waves and a checkerboard of 300-pixel squares, uint8 RGB,
+    the same wherever it is cut (so every size shows the same kind of picture)."""
+    y, x = np.mgrid[y0 : y0 + height, x0 : x0 + width].astype(np.float32)
+    waves = np.stack([np.sin(x / (37.0 + 11 * c)) * np.cos(y / (29.0 + 7 * c)) for c in range(3)], axis=-1)
+    squares = (((y // 300) + (x // 300)) % 2)[..., None] * 60
+    return np.clip((waves + 1) * 90 + squares, 0, 255).astype(np.uint8)
+
+
+def write_image(path: Path, height: int, width: int) -> Path:
+    """A tiled, zlib-compressed RGB TIFF of `pattern`, written tile by tile (a row of tiles in memory at most)."""
+
+    def tiles():
+        for y in range(0, height, TILE):
+            row = pattern(y, 0, TILE, width + TILE)  # padded: edge tiles are whole
+            for x in range(0, width, TILE):
+                yield np.ascontiguousarray(row[:, x : x + TILE])
+
+    if not path.exists():
+        bigtiff = height * width * 3 > 2**31
+        with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
+            tif.write(
+                tiles(),
+                shape=(height, width, 3),
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                photometric="rgb",
+                compression="zlib",
+            )
+    return path
+
+
+def save_checkpoint(path: Path, overrides: list[str]) -> Path:
+    """An untrained checkpoint of the train config with `overrides`, as train.py's would hold it."""
+    import lightning
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from segkit.config.hydra_setup import CONFIG_DIR, register_resolvers
+    from segkit.training.module import SegmentationModule
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "optimizer", "data")}
+    module = SegmentationModule(**parts)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def _status_kb(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def measure(command: list[str], cwd: Path, every: float = 0.5) -> dict:
+    """Runs `command`; its wall time, peak RSS (MB) and RSS samples [(seconds, MB)]; raises if it fails."""
+    start = time.perf_counter()
+    log = open(cwd / "child.log", "ab")  # noqa: SIM115  (closed below)
+    child = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    samples, peak_kb = [], 0
+    while True:
+        done, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if done:
+            break
+        rss, hwm = _status_kb(child.pid, "VmRSS:"), _status_kb(child.pid, "VmHWM:")
+        if rss is not None:
+            samples.append((time.perf_counter() - start, rss / 1024))
+        peak_kb = max(peak_kb, hwm or 0)
+        time.sleep(every)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    log.close()
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}); see {cwd / 'child.log'}")
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_mb": max(peak_kb, usage.ru_maxrss) / 1024,
+        "samples": samples,
+    }
+
+
+def predict_command(checkpoint: Path, image: Path, output: Path, window_above: int, args: argparse.Namespace) -> list:
+    root = Path(__file__).resolve().parents[3]
+    return [
+        sys.executable,
+        str(root / "predict.py"),
+        f"ckpt_path={checkpoint}",
+        f"input={image}",
+        f"output={output}",
+        f"paths.log_dir={output.parent / 'logs'}",
+        "num_workers=0",
+        "overlays=false",
+        f"batch_size={args.batch_size}",
+        f"trainer.accelerator={args.accelerator}",
+        "inference=slide",
+        f"inference.crop_size=[{args.crop},{args.crop}]",
+        f"inference.blend={args.blend}",
+        f"inference.window_above={window_above}",
+    ]
+
+
+def quarters(samples: list[tuple[float, float]]) -> str:
+    """The RSS (MB) at a quarter, half, three quarters and the end of the run's samples."""
+    if not samples:
+        return "-"
+    picks = [samples[min(len(samples) - 1, int(len(samples) * q))][1] for q in (0.25, 0.5, 0.75, 1.0)]
+    return " / ".join(f"{mb:.0f}" for mb in picks)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Parses the command line (`--help`), measures, prints one line per run and then the table; returns the rows."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=8192, help="side of the large image, windowed (pixels)")
+    parser.add_argument("--height", type=int, default=None, help="the large image's height (default: --size)")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[2048, 4096], help="in-memory comparisons")
+    parser.add_argument("--crop", type=int, default=512, help="window side (stride: two thirds of it)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--blend", default="gaussian", choices=["mean", "gaussian", "linear"])
+    parser.add_argument("--model", default="fcn", help="model config group")
+    parser.add_argument("--backbone", default="test_convnext", help="timm name (small: the model is not measured)")
+    parser.add_argument("--accelerator", default="auto", help="trainer.accelerator of the child runs")
+    parser.add_argument("--workdir", type=Path, default=None, help="where images and outputs go (default: a temp dir)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="segkit-large-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = save_checkpoint(
+        workdir / "model.ckpt", [f"model={args.model}", f"backbone.name={args.backbone}", "backbone.pretrained=false"]
+    )
+    runs = [(256, 256, "start-up")]  # a 256 x 256 image: what any run pays for imports and the model
+    runs += [(size, size, "in memory") for size in args.memory_sizes]
+    runs += [(size, size, "windowed") for size in args.memory_sizes if size != args.size]
+    runs += [(args.size, args.height or args.size, "windowed")]
+    rows = []
+    for width, height, path in runs:
+        started = time.perf_counter()
+        image = write_image(workdir / f"image_{width}x{height}.tif", height, width)
+        generated = time.perf_counter() - started
+        output = workdir / f"out_{width}x{height}_{path.replace(' ', '_')}"
+        pixels = width * height  # windowed: more pixels than window_above^2; in memory: fewer
+        window_above = int(pixels**0.5) - 1 if path == "windowed" else int(pixels**0.5) + 1
+        result = measure(predict_command(checkpoint, image, output, window_above, args), workdir)
+        row = {"width": width, "height": height, "path": path, **result, "generated_s": generated}
+        rows.append(row)
+        print(
+            f"{path:>9} {width:>6} x {height:<6} {result['seconds']:8.1f} s  peak RSS {result['peak_mb']:7.0f} MB  "
+            f"RSS at 1/4, 1/2, 3/4, end: {quarters(result['samples'])} MB",
+            flush=True,
+        )
+    cpu = platform.processor() or platform.machine()
+    print(
+        f"\npredict.py, {args.model} on {args.backbone} (untrained), windows {args.crop} every {2 * args.crop // 3}, "
+        f"blend {args.blend}, batch {args.batch_size}; {os.cpu_count()} cores ({cpu}), torch threads default\n"
+    )
+    start_up = rows[0]["seconds"]
+    print("| image | path | wall time | peak RSS | s per Mpx after start-up | RSS at 1/4, 1/2, 3/4, end of the run |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        mpx = row["width"] * row["height"] / 1e6
+        rate = "-" if row["path"] == "start-up" else f"{(row['seconds'] - start_up) / mpx:.2f}"
+        print(
+            f"| {row['width']} x {row['height']} ({mpx:.1f} Mpx) | {row['path']} | {row['seconds']:.1f} s | "
+            f"{row['peak_mb']:.0f} MB | {rate} | {quarters(row['samples'])} MB |"
+        )
+    return rows
