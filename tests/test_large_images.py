@@ -18,7 +18,7 @@ from segkit.reports.predictions import PROBABILITY_FORMATS
 from segkit.task_kind import TaskKind
 from segkit.tasks.common import plain
 from segkit.tasks.predict import UnreadableInputs, predict
-from segkit.training.inference import Inference
+from segkit.training.inference import Inference, stream_windows
 from segkit.training.module import SegmentationModule, load_module
 from segkit.training.windows import BLENDS
 
@@ -95,7 +95,9 @@ def test_windows_read_in_bands_blend_exactly_like_the_in_memory_slide(blend, tas
     windowed = Inference(mode="slide", crop_size=(64, 64), blend=blend, window_batch=3)
     with RasterRows(tmp_path / "image.tif", 3) as rows:
         bands = list(
-            windowed.stream(net, lambda a, b: torch.from_numpy(rows.rows(a, b)).permute(2, 0, 1), (203, 157), kind)
+            stream_windows(
+                windowed, net, lambda a, b: torch.from_numpy(rows.rows(a, b)).permute(2, 0, 1), (203, 157), kind
+            )
         )
     assert [y0 for y0, _ in bands] == [0, 42, 84, 126, 139] and max(b.shape[1] for _, b in bands) <= 64  # rolling band
     probs = torch.cat([b for _, b in bands], dim=1)[None]

@@ -23,7 +23,7 @@ from segkit.data.rasters import RasterRows
 from segkit.reports.predictions import probability_bands
 from segkit.reports.tiled_tiff import TiledTiffStream
 from segkit.task_kind import TaskKind
-from segkit.training.inference import Inference
+from segkit.training.inference import Inference, stream_windows
 from segkit.training.windows import window_rows
 
 
@@ -134,8 +134,8 @@ class LargeImages:
             )
             bar = progress.add_task(name, total=window_rows(size[0], inference.crop_size[0], inference.stride[0]))
             with autocast():
-                for _, probs in inference.stream(
-                    net, read, size, self.task, device, on_window_row=lambda: progress.advance(bar)
+                for _, probs in stream_windows(
+                    inference, net, read, size, self.task, device, on_window_row=lambda: progress.advance(bar)
                 ):
                     masks.write_rows(mask_pixels(self.task.decide(probs[None], inference.threshold)[0], self.task))
                     if probabilities is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from torch import nn
 from segkit.config.checks import ConfigError
 from segkit.errors import Refusal
 from segkit.task_kind import TaskKind
-from segkit.training.inference import MULTICLASS, Inference, build_inference, stream_windows
+from segkit.training.inference import MULTICLASS, Inference, build_inference
 from segkit.training.module import SegmentationModule, load_module
 
 log = logging.getLogger(__name__)
@@ -145,19 +145,6 @@ class Ensemble:
 
     def blended_probabilities(self, blended: torch.Tensor, task: TaskKind = MULTICLASS) -> torch.Tensor:
         return blended  # blended probabilities already
-
-    @torch.no_grad()
-    def stream(
-        self,
-        net: nn.Module,
-        read: Callable[[int, int], torch.Tensor],
-        size: tuple[int, int],
-        task: TaskKind = MULTICLASS,
-        device: torch.device | str | None = None,
-        on_window_row: Callable[[], None] | None = None,
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """`Inference.stream`: the averaged probabilities of an image read in rows, band after band."""
-        return stream_windows(self, net, read, size, task, device, on_window_row)
 
 
 def _parameter(net: nn.Module) -> torch.Tensor | None:

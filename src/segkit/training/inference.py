@@ -191,23 +191,6 @@ class Inference:
             blended.append(torch.cat([band for _, band in bands], dim=1))
         return torch.stack(blended)
 
-    @torch.no_grad()
-    def stream(
-        self,
-        net: nn.Module,
-        read: Callable[[int, int], torch.Tensor],
-        size: tuple[int, int],
-        task: TaskKind = MULTICLASS,
-        device: torch.device | str | None = None,
-        on_window_row: Callable[[], None] | None = None,
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Probabilities of an image read in rows (`read(y0, y1)` -> (C_in, y1 - y0, W) floats), yielded as
-        consecutive bands (y0, (num_classes, h, W)) from the top: windows as `_slide` lays them out, never the
-        whole image in memory (segkit.training.windows)."""
-        if self.mode != "slide":
-            raise ValueError("Inference.stream needs mode=slide: take `as_windows(crop_size)` of a whole inference.")
-        return stream_windows(self, net, read, size, task, device, on_window_row)
-
     def as_windows(self, crop_size: Sequence[int]) -> Inference:
         """This inference over windows: itself when it slides; a whole-image one (its scales, flips, threshold and
         blend kept) over windows of `crop_size` every two thirds of a window, for images too large to go whole."""
@@ -239,8 +222,13 @@ def stream_windows(
     device: torch.device | str | None = None,
     on_window_row: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """`Inference.stream` for anything that lays windows out (`crop_size`, `stride`, `blend`, `window_batch`) and
-    scores them (`window_scores`, `blended_probabilities`): an `Inference` or an ensemble of them."""
+    """Probabilities of an image read in rows (`read(y0, y1)` -> (C_in, y1 - y0, W) floats), yielded as
+    consecutive bands (y0, (num_classes, h, W)) from the top: windows as the in-memory slide lays them out, never
+    the whole image in memory (segkit.training.windows). `scorer` lays the windows out (`crop_size`, `stride`,
+    `blend`, `window_batch`) and scores them (`window_scores`, `blended_probabilities`): a sliding `Inference`
+    (`as_windows` of any other) or an ensemble of them."""
+    if scorer.mode != "slide":
+        raise ValueError("stream_windows needs mode=slide: take `as_windows(crop_size)` of a whole inference.")
     bands = blend_rows(
         read,
         size[0],
