@@ -27,6 +27,15 @@ import numpy as np
 import tifffile
 
 TILE = 256
+# The benchmark image is a GeoTIFF (WGS 84 / UTM zone 33N, 0.5 m pixels), so that each run also shows whether the
+# mask keeps the image's georeference (transform and CRS: its GeoTIFF tags).
+GEO_KEYS = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633)
+GEO_TAGS = [
+    (33550, "d", 3, (0.5, 0.5, 0.0), True),
+    (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 5300000.0, 0.0), True),
+    (34735, "H", len(GEO_KEYS), GEO_KEYS, True),
+    (34737, "s", 0, "WGS 84 / UTM zone 33N|", True),
+]
 
 
 def pattern(y0: int, x0: int, height: int, width: int) -> np.ndarray:
@@ -39,7 +48,7 @@ def pattern(y0: int, x0: int, height: int, width: int) -> np.ndarray:
 
 
 def write_image(path: Path, height: int, width: int) -> Path:
-    """A tiled, zlib-compressed RGB TIFF of `pattern`, written tile by tile (a row of tiles in memory at most)."""
+    """A tiled, zlib-compressed RGB GeoTIFF of `pattern`, written tile by tile (a row of tiles in memory at most)."""
 
     def tiles():
         for y in range(0, height, TILE):
@@ -57,8 +66,17 @@ def write_image(path: Path, height: int, width: int) -> Path:
                 tile=(TILE, TILE),
                 photometric="rgb",
                 compression="zlib",
+                extratags=GEO_TAGS,
             )
     return path
+
+
+def georeference(path: Path) -> dict | None:
+    """A GeoTIFF's georeference as tifffile reads it (transform and CRS keys); None for no file or no GeoTIFF."""
+    if not path.is_file():
+        return None
+    with tifffile.TiffFile(path) as tif:
+        return tif.pages[0].geotiff_tags or None
 
 
 def save_checkpoint(path: Path, overrides: list[str]) -> Path:
@@ -179,17 +197,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for width, height, path in runs:
         started = time.perf_counter()
-        image = write_image(workdir / f"image_{width}x{height}.tif", height, width)
+        image = write_image(workdir / f"scene_{width}x{height}.tif", height, width)
         generated = time.perf_counter() - started
         output = workdir / f"out_{width}x{height}_{path.replace(' ', '_')}"
         pixels = width * height  # windowed: more pixels than window_above^2; in memory: fewer
         window_above = int(pixels**0.5) - 1 if path == "windowed" else int(pixels**0.5) + 1
         result = measure(predict_command(checkpoint, image, output, window_above, args), workdir)
         row = {"width": width, "height": height, "path": path, **result, "generated_s": generated}
+        row["georeference"] = georeference(image) == georeference(output / "masks" / image.name)
         rows.append(row)
         print(
             f"{path:>9} {width:>6} x {height:<6} {result['seconds']:8.1f} s  peak RSS {result['peak_mb']:7.0f} MB  "
-            f"RSS at 1/4, 1/2, 3/4, end: {quarters(result['samples'])} MB",
+            f"RSS at 1/4, 1/2, 3/4, end: {quarters(result['samples'])} MB"
+            + ("  (the mask keeps the image's georeference)" if row["georeference"] else ""),
             flush=True,
         )
     cpu = platform.processor() or platform.machine()
