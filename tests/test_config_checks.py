@@ -5,10 +5,8 @@ import importlib.util
 import time
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -232,29 +230,11 @@ def test_predict_and_evaluate_shapes(tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """An untrained model's checkpoint, saved by hand: predict needs its weights and configs, not a good model."""
-    from segkit.tasks.common import plain
-    from segkit.training.module import SegmentationModule
+    """An untrained model's checkpoint: predict needs its weights and configs, not a good model."""
+    from segkit.training.module import build_module, save_module
 
     folder = tmp_path_factory.mktemp("checkpoint")
-    cfg = tiny_train_config(folder / "run")
-    module = SegmentationModule(
-        model=plain(cfg.model),
-        loss=plain(cfg.loss),
-        optimizer=plain(cfg.optimizer),
-        scheduler=plain(cfg.get("scheduler")),
-        data=plain(cfg.data),
-    )
-    path = folder / "tiny.ckpt"
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return path
+    return save_module(build_module(tiny_train_config(folder / "run")), folder / "tiny.ckpt")
 
 
 def write_inputs(folder: Path) -> list[Path]:

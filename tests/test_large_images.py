@@ -4,7 +4,6 @@ named while the others are written. Untrained cheap models: the tests need decis
 
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
 import tifffile
@@ -12,44 +11,23 @@ import torch
 from PIL import Image
 
 from conftest import compose_config, tiny_train_config
+from segkit.bench.large_image import GEO_TAGS  # a GeoTIFF's tags: EPSG:32633, 0.5 m pixels
 from segkit.config import checks
 from segkit.data.rasters import RasterRows
 from segkit.reports.predictions import PROBABILITY_FORMATS
 from segkit.task_kind import TaskKind
-from segkit.tasks.common import plain
 from segkit.tasks.predict import UnreadableInputs, predict
 from segkit.training.inference import Inference, stream_windows
-from segkit.training.module import SegmentationModule, load_module
+from segkit.training.module import build_module, load_module, save_module
 from segkit.training.windows import BLENDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # A timm test network (a few hundred thousand weights) under FCN: about 1 us a pixel on one core.
 CHEAP = ["model=fcn", "backbone.name=test_convnext"]
-# GeoTIFF keys of WGS 84 / UTM zone 33N (EPSG:32633), in pixel-is-area raster space, and a 0.5 m grid from its tiepoint.
-GEO_KEYS = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633)
-GEO_TAGS = [
-    (33550, "d", 3, (0.5, 0.5, 0.0), True),
-    (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 5300000.0, 0.0), True),
-    (34735, "H", len(GEO_KEYS), GEO_KEYS, True),
-    (34737, "s", 0, "WGS 84 / UTM zone 33N|", True),
-]
 
 
 def save_checkpoint(path: Path, *overrides: str) -> Path:
-    cfg = tiny_train_config(path.parent / "run", *CHEAP, *overrides)
-    module = SegmentationModule(
-        model=plain(cfg.model), loss=plain(cfg.loss), optimizer=plain(cfg.optimizer), data=plain(cfg.data)
-    )
-    hparams = dict(module.hparams)
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": hparams,
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return path
+    return save_module(build_module(tiny_train_config(path.parent / "run", *CHEAP, *overrides)), path)
 
 
 @pytest.fixture(scope="module")

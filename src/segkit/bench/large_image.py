@@ -81,30 +81,17 @@ def georeference(path: Path) -> dict | None:
 
 def save_checkpoint(path: Path, overrides: list[str]) -> Path:
     """An untrained checkpoint of the train config with `overrides`, as train.py's would hold it."""
-    import lightning
-    import torch
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     from segkit.config.hydra_setup import CONFIG_DIR, register_resolvers
-    from segkit.training.module import SegmentationModule
+    from segkit.training.module import build_module, save_module
 
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "loss", "optimizer", "data")}
-    module = SegmentationModule(**parts)
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return path
+    return save_module(build_module(cfg), path)
 
 
 def _status_kb(pid: int, key: str) -> int | None:

@@ -385,6 +385,15 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
     )
 
 
+def save_module(module: SegmentationModule, path: str | Path) -> Path:
+    """`module` as a checkpoint that `load_module` (and so evaluate.py, predict.py, export.py) reads: its weights
+    and hyperparameters, as a best checkpoint holds them, without training state. For models that were never
+    trained: the large-image benchmark's, and tests'."""
+    state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save({**state, "pytorch-lightning_version": L.__version__}, path)
+    return Path(path)
+
+
 def load_module(path: str | Path, trusted: Sequence[str] = ()) -> SegmentationModule:
     """The trained module of a checkpoint, on the CPU, in eval mode: the one way segkit rebuilds a model from a file
     (evaluate.py, predict.py, export.py; `SegmentationModule.load_from_checkpoint` is this too).
