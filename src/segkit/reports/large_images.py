@@ -48,7 +48,8 @@ def mask_pixels(pred: torch.Tensor, task: TaskKind) -> np.ndarray:
 
 
 class LargeImages:
-    """Predicts large images one by one, window by window (`Inference.stream`), writing as it goes.
+    """Predicts large images one by one, window by window (segkit.training.inference.stream_windows), writing as
+    it goes.
 
     Args:
         masks_dir: where `<name>.tif` masks go.

@@ -137,6 +137,8 @@ class MaskWriter(L.Callback):
     ) -> None:
         if label_format not in LABEL_FORMATS:
             raise ValueError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}.")
+        if probability_format not in PROBABILITY_FORMATS:
+            raise ValueError(f"probability_format={probability_format!r} is not one of {PROBABILITY_FORMATS}.")
         self.masks_dir = Path(masks_dir)
         self.overlays_dir = Path(overlays_dir) if overlays_dir else None
         self.palette = [list(c) for c in palette]

@@ -24,7 +24,7 @@ from segkit.data.files import DataError, read_size
 from segkit.data.inputs import ImageBatches, ImageFiles, find_images, read_failure
 from segkit.errors import Refusal
 from segkit.reports.large_images import LargeImages
-from segkit.reports.predictions import PROBABILITY_FORMATS, MaskWriter
+from segkit.reports.predictions import MaskWriter
 from segkit.runs.console import quiet_known_noise
 from segkit.runs.model_files import model_files
 from segkit.tasks.common import checkpoint_argument, plain
@@ -145,9 +145,6 @@ def predict_large(
 def predict(cfg: DictConfig) -> Path:
     files = find_images(cfg.input)  # before the checkpoint: a wrong input fails at once
     quiet_known_noise()
-    probability_format = cfg.get("probability_format", "float16")
-    if probability_format not in PROBABILITY_FORMATS:
-        raise ValueError(f"probability_format={probability_format!r} is not one of {PROBABILITY_FORMATS}.")
     # One checkpoint, or an ensemble (several, a run or a sweep directory): the first's data facts, every member's
     # probabilities averaged (segkit.training.ensemble).
     paths = model_files(checkpoint_argument(cfg.ckpt_path))
@@ -169,7 +166,7 @@ def predict(cfg: DictConfig) -> Path:
         class_names=data["class_names"],
         label_format=cfg.get("label_format", "png"),
         probabilities_dir=output / "probabilities" if module.keep_probabilities else None,
-        probability_format=probability_format,
+        probability_format=cfg.get("probability_format", "float16"),
     )
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[writer]) if len(batches) or large else None
     if len(batches):
