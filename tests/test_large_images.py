@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import compose_config, tiny_train_config
 from segkit.bench.large_image import GEO_TAGS  # a GeoTIFF's tags: EPSG:32633, 0.5 m pixels
 from segkit.config import checks
+from segkit.data.files import DataError
 from segkit.data.rasters import RasterRows
 from segkit.reports.predictions import PROBABILITY_FORMATS
 from segkit.task_kind import TaskKind
@@ -249,3 +250,201 @@ def test_an_ensemble_averages_its_members_window_probabilities_on_a_large_image(
     assert np.allclose(both, (alone[0] + alone[1]) / 2, atol=2e-3)  # float16 storage
     mask = tifffile.imread(tmp_path / "both/masks/scene.tif")
     assert mask.shape == (128, 192)
+
+
+# evaluate.py on large labelled images: scored window by window, the mask read in the same bands.
+
+LABELS = ("disc", "square", "triangle")  # the multi-label checkpoint's
+FACTS = {
+    "multiclass": [
+        "data.num_classes=4",
+        "data.class_names=[background,disc,square,triangle]",
+        "data.palette=[[0,0,0],[230,25,75],[60,180,75],[0,130,200]]",
+    ],
+    "binary": [
+        "data.task=binary",
+        "data.class_names=[background,disc]",
+        "data.mask_encoding=values",
+        "data.mask_values=[0,255]",
+    ],
+    "multilabel": [
+        "data.task=multilabel",
+        "data.num_classes=3",
+        f"data.class_names=[{','.join(LABELS)}]",
+        "data.palette=[[230,25,75],[60,180,75],[0,130,200]]",
+    ],
+}
+
+
+def labels(height: int, width: int, task: str, seed: int = 0) -> np.ndarray:
+    """A mask as stored: blobs of every class (binary: 0/255; multi-label: (H, W, 3) planes of 0/1) with ignored
+    (255) pixels except in a binary mask, whose 255 is the positive class."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:height, :width]
+    field = np.sin(x / 19.0 + seed) + np.cos(y / 13.0 - seed)
+    if task == "multilabel":
+        planes = np.stack([(np.sin(x / (11.0 + 4 * c)) * np.cos(y / (9.0 + 3 * c)) > 0) for c in range(3)], -1)
+        planes = planes.astype(np.uint8)
+        planes[rng.random(planes.shape) < 0.02] = 255
+        return planes
+    if task == "binary":
+        return np.where(field > 0.3, 255, 0).astype(np.uint8)
+    mask = np.digitize(field, [-0.8, 0.1, 0.9]).astype(np.uint8)
+    mask[rng.random(mask.shape) < 0.02] = 255
+    return mask
+
+
+def write_split(root: Path, task: str, sizes: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """images/test/<name> (a tiled TIFF for a large image, PNG for a small one) and their masks as TIFFs (a
+    multi-label task's: a folder per label). Returns the stored masks."""
+    masks = {}
+    (root / "images/test").mkdir(parents=True)
+    for seed, (name, (height, width)) in enumerate(sizes.items()):
+        image = rgb(height, width, seed=seed)
+        if height * width > 100**2:
+            tifffile.imwrite(root / f"images/test/{name}.tif", image, tile=(32, 32), photometric="rgb")
+        else:
+            Image.fromarray(image).save(root / f"images/test/{name}.png")
+        masks[name] = mask = labels(height, width, task, seed)
+        planes = {".": mask} if task != "multilabel" else {c: mask[..., i] for i, c in enumerate(LABELS)}
+        for folder, plane in planes.items():
+            path = root / "masks/test" / folder / f"{name}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(path, plane, tile=(16, 16))  # band reads cross tile rows
+    return masks
+
+
+def run_evaluate(checkpoint: Path, root: Path, output: Path, task: str, *overrides: str) -> dict:
+    import json
+
+    from segkit.tasks.evaluate import evaluate
+
+    base = [
+        f"ckpt_path={checkpoint}",
+        "split=test",
+        "data=folder",
+        f"data.root={root}",
+        "data.split_by=folders",
+        "data.splits={train:null,val:null,test:test}",
+        "data.mask_suffix=.tif",
+        "data.num_workers=0",
+        "trainer.accelerator=cpu",
+        *FACTS[task],
+    ]
+    cfg = compose_config("evaluate", [*base, *overrides], output)
+    metrics = evaluate(checks.validate(cfg, "evaluate"))
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["metrics"] == pytest.approx(metrics, nan_ok=True)
+    return saved
+
+
+def hand_confusion(truth: np.ndarray, pred: np.ndarray, n: int, ignore: int = 255) -> np.ndarray:
+    keep = truth != ignore
+    return np.bincount(truth[keep].astype(int) * n + pred[keep], minlength=n * n).reshape(n, n)
+
+
+def test_evaluate_scores_a_large_image_window_by_window_as_the_in_memory_slide_does(checkpoints, tmp_path):
+    """A large (tiled TIFF) and a small image in one split: the windowed path's counts plus the small image's
+    equal the in-memory slide's over both, and equal a hand count of the saved predictions against the masks."""
+    masks = write_split(tmp_path / "data", "multiclass", {"big": (203, 157), "small": (40, 56)})
+    windows = ["inference=slide", "inference.crop_size=[64,64]", "inference.blend=gaussian", "save_predictions=true"]
+    checkpoint = checkpoints["multiclass"]
+    in_memory = run_evaluate(checkpoint, tmp_path / "data", tmp_path / "memory", "multiclass", *windows)
+    windowed = run_evaluate(
+        checkpoint, tmp_path / "data", tmp_path / "windows", "multiclass", *windows, "inference.window_above=100"
+    )
+    big = tifffile.imread(tmp_path / "windows/predictions/big.tif")  # the large image's: a tiled TIFF
+    assert np.array_equal(big, np.asarray(Image.open(tmp_path / "memory/predictions/big.png")))
+    small = np.asarray(Image.open(tmp_path / "windows/predictions/small.png"))
+    by_hand = hand_confusion(masks["big"], big, 4) + hand_confusion(masks["small"], small, 4)
+    assert windowed["confusion_matrix"] == in_memory["confusion_matrix"] == by_hand.tolist()
+    assert windowed["metrics"] == pytest.approx(in_memory["metrics"], nan_ok=True)
+    assert by_hand.sum() == sum(int((m != 255).sum()) for m in masks.values())  # every labelled pixel, once
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_a_split_of_large_images_only_is_scored_and_logged_without_an_evaluation_loop(
+    task, checkpoints, tmp_path_factory, tmp_path
+):
+    if task not in checkpoints:
+        checkpoints[task] = save_checkpoint(tmp_path_factory.mktemp(task) / f"{task}.ckpt", f"data=synthetic_{task}")
+    masks = write_split(tmp_path / "data", task, {"a": (130, 97), "b": (101, 120)})
+    saved = run_evaluate(
+        checkpoints[task],
+        tmp_path / "data",
+        tmp_path / "out",
+        task,
+        "inference.window_above=90",
+        "save_predictions=true",
+        "logger=csv",
+    )
+    counts = np.zeros((3, 2, 2) if task == "multilabel" else (2, 2), dtype=np.int64)
+    for name, mask in masks.items():
+        pred = tifffile.imread(tmp_path / f"out/predictions/{name}.tif")  # binary 0/255, multi-label (H, W, 3) 0/1
+        if task == "binary":
+            counts += hand_confusion(mask // 255, pred // 255, 2, ignore=-1)
+        else:
+            for label in range(3):
+                counts[label] += hand_confusion(mask[..., label], pred[..., label], 2)
+    assert saved["confusion_matrix"] == counts.tolist()
+    labelled = sum(int(m.size if task == "binary" else (m != 255).sum()) for m in masks.values())
+    assert counts.sum() == labelled  # binary: 255 is the positive class, nothing is ignored
+    import csv
+
+    with open(tmp_path / "out/csv/metrics.csv") as file:  # what a loop would have logged
+        (logged,) = list(csv.DictReader(file))
+    assert float(logged["test/mIoU"]) == pytest.approx(saved["metrics"]["test/mIoU"])
+
+
+def test_a_large_masks_unknown_value_or_size_is_named_and_the_run_stops(checkpoints, tmp_path):
+    root = tmp_path / "data"
+    masks = write_split(root, "multiclass", {"big": (203, 157), "other": (150, 90)})
+    masks["big"][190, 3] = 7  # far down: the last band finds it
+    tifffile.imwrite(root / "masks/test/big.tif", masks["big"], tile=(16, 16))
+    with pytest.raises(DataError, match=r"big\.tif: mask values \{7\} \(1 pixels\) are not known"):
+        run_evaluate(checkpoints["multiclass"], root, tmp_path / "values", "multiclass", "inference.window_above=100")
+    # A mask of another size is refused by the start-up check, from its header, before any window is scored.
+    tifffile.imwrite(root / "masks/test/other.tif", masks["other"][:, :80], tile=(16, 16))
+    with pytest.raises(DataError, match=r"other\.tif: mask is 150x80 \(HxW\) but its image .*other\.tif is 150x90"):
+        run_evaluate(checkpoints["multiclass"], root, tmp_path / "size", "multiclass", "inference.window_above=100")
+    assert not (tmp_path / "size/predictions").exists()
+
+
+def test_evaluate_scores_large_images_in_one_process_and_says_so():
+    import lightning as L
+
+    from segkit.errors import Refusal
+    from segkit.tasks.evaluate import score_large_images
+
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    with pytest.raises(Refusal, match=r"in one process, but this trainer runs 2\. Fix: trainer\.devices=1"):
+        score_large_images([object()], build_module(tiny_train_config(Path("unused"))), None, trainer, "val", None)
+
+
+@pytest.mark.parametrize("stored", ["planes.tif", "pages.tif", "chw.npy", "hwc.npy", "labels"])
+def test_a_multilabel_mask_read_in_bands_equals_the_mask_read_whole(stored, tmp_path):
+    """Every way a multi-label mask is stored (a band-read TIFF of planes, a multi-page TIFF read whole, an NPY
+    stack memory-mapped, a file per label): the bands of `MaskRows` put together are the dataset's own mask."""
+    from segkit.data.dataset import Sample, SegmentationFiles
+    from segkit.data.encoding import MaskEncoding
+    from segkit.data.mask_rows import MaskRows
+
+    planes = labels(70, 45, "multilabel", seed=2)  # (H, W, 3)
+    if stored == "planes.tif":
+        tifffile.imwrite(tmp_path / stored, planes, tile=(16, 16), planarconfig="contig", photometric="minisblack")
+    elif stored == "pages.tif":
+        tifffile.imwrite(tmp_path / stored, np.moveaxis(planes, -1, 0), photometric="minisblack")  # 3 pages
+    elif stored.endswith(".npy"):
+        np.save(tmp_path / stored, planes if stored == "hwc.npy" else np.moveaxis(planes, -1, 0).copy())
+    else:
+        for i, label in enumerate(LABELS):
+            Image.fromarray(planes[..., i]).save(tmp_path / f"{label}.png")
+    files = tuple(tmp_path / f"{label}.png" for label in LABELS) if stored == "labels" else ()
+    sample = Sample(tmp_path / "image.png", files[0] if files else tmp_path / stored, "image", label_masks=files)
+    dataset = SegmentationFiles([sample], MaskEncoding(2, 255), in_channels=3, num_labels=3)
+    with MaskRows(sample, dataset, (70, 45)) as mask:
+        bands = [mask.rows(y0, min(y0 + 17, 70)) for y0 in range(0, 70, 17)]
+        mask.finish()
+    assert np.array_equal(np.concatenate(bands, axis=1), dataset.read_mask(sample))
+    with pytest.raises(DataError, match="mask is 70x45 \\(HxW\\) but its image"):
+        MaskRows(sample, dataset, (71, 45))

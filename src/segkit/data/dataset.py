@@ -129,18 +129,22 @@ def read_label_masks(sample: Sample, num_labels: int) -> list[tuple[Path, np.nda
     (num_labels, H, W), from a multi-page/multi-band TIFF or an NPY array, (C, H, W) or (H, W, C)."""
     if sample.label_masks:
         return [(path, read_mask(path)) for path in sample.label_masks]
-    stack = read_mask_stack(sample.mask)
+    return [(sample.mask, label_planes(read_mask_stack(sample.mask), sample.mask, num_labels))]
+
+
+def label_planes(stack: np.ndarray, path: Path, num_labels: int) -> np.ndarray:
+    """A multi-label file's array as (num_labels, H, W) (a view where it was (H, W, C)), or its shape refused."""
     if stack.ndim == 3 and stack.shape[0] != num_labels and stack.shape[-1] == num_labels:
         stack = np.moveaxis(stack, -1, 0)
     if stack.ndim != 3 or stack.shape[0] != num_labels:
         raise DataError(
-            f"{sample.mask}: a multi-label mask of shape {stack.shape}; expected {num_labels} planes, one per label "
+            f"{path}: a multi-label mask of shape {stack.shape}; expected {num_labels} planes, one per label "
             f"((C, H, W) or (H, W, C) with C = data.num_classes = {num_labels}). Fix: store one plane per label in "
             "data.class_names' order, or a folder per label (data.label_layout=folders).",
             kind="mask shape",
-            path=sample.mask,
+            path=path,
         )
-    return [(sample.mask, stack)]
+    return stack
 
 
 def check_mask(
@@ -157,13 +161,17 @@ def check_mask(
             path=path,
         )
     if not every_pixel_ignored_is_fine and encoding.ignore_index is not None and (mask == encoding.ignore_index).all():
-        raise DataError(
-            f"{path}: no labelled pixel: every pixel is ignore_index {encoding.ignore_index} after encoding. "
-            f"Fix: check data.mask_encoding (e.g. 0/255 masks need mask_encoding=values, mask_values=[0,255]), "
-            f"or remove the file from the split.",
-            kind="unlabelled mask",
-            path=path,
-        )
+        raise unlabelled(path, encoding)
+
+
+def unlabelled(path: Path, encoding: MaskEncoding) -> DataError:
+    return DataError(
+        f"{path}: no labelled pixel: every pixel is ignore_index {encoding.ignore_index} after encoding. "
+        f"Fix: check data.mask_encoding (e.g. 0/255 masks need mask_encoding=values, mask_values=[0,255]), "
+        f"or remove the file from the split.",
+        kind="unlabelled mask",
+        path=path,
+    )
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from torch.utils.data import Dataset
 
@@ -17,7 +17,8 @@ from segkit.data.encoding import MaskEncoding
 from segkit.data.files import DataError
 from segkit.data.folds import FoldSettings, assign_folds, fold_settings, groups_by_pattern, groups_from_file
 from segkit.data.presence import file_stats
-from segkit.data.scan import Problem, SplitReport, class_warnings, scan_split
+from segkit.data.rasters import split_by_size
+from segkit.data.scan import Problem, SplitReport, class_warnings, header_problems, scan_split
 from segkit.data.transforms import SeededPipeline, build_pipeline
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,10 @@ class FileDataModule(SegDataModule):
         self.repeat = repeat
         self.verify = verify
         self.problems: dict[str, list[Problem]] = {}  # pairing problems found while listing each split
+        # evaluate.py's large images: samples whose image size (H, W) this says is large are set aside from the val
+        # and test datasets, into `large`, to be scored window by window; the start-up check reads their headers.
+        self.set_aside_large: Callable[[tuple[int, int]], bool] | None = None
+        self.large: dict[str, list[Sample]] = {}
 
     def find_samples(self, split: str) -> tuple[list[Sample], list[Problem]]:
         raise NotImplementedError
@@ -137,6 +142,8 @@ class FileDataModule(SegDataModule):
         folded = self.folds is not None and split in FOLDED_SPLITS
         samples, problems = self.fold_samples(split) if folded else self.find_samples(split)
         self.problems[split] = problems
+        if self.set_aside_large is not None and split != "train":
+            samples, self.large[split] = split_by_size(samples, lambda sample: sample.image, self.set_aside_large)
         pipeline = self.pipelines["train" if split == "train" else "eval"] if augment else None
         return SegmentationFiles(
             samples,
@@ -207,10 +214,11 @@ class FileDataModule(SegDataModule):
         problems = [replace(p) for p in self.problems.get(split, [])]  # copies: marked per call below
         # An empty split stops a run (its loader has nothing to give), whatever else was found while listing it;
         # a listing error (a missing list file) already says why.
-        if not dataset.samples and not any(p.fatal for p in problems):
+        large = self.large.get(split, [])
+        if not dataset.samples and not large and not any(p.fatal for p in problems):
             problems.append(Problem(str(self.root), "empty split", self.empty_split_message(split)))
         report, found = scan_split(split, dataset, full=full, num_workers=self.num_workers)
-        problems += found + class_warnings(report, self.class_names, self.ignore_index)
+        problems += found + header_problems(large) + class_warnings(report, self.class_names, self.ignore_index)
         for problem in problems:
             problem.split = split
             if problem.fatal and not required:

@@ -146,7 +146,11 @@ def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
 
     Palette PNGs give their indices (not their colours), as VOC and most tools intend."""
     path = Path(path)
-    mask = _decode(path, "RGB" if rgb else None)
+    return stored_mask(_decode(path, "RGB" if rgb else None), path, rgb)
+
+
+def stored_mask(mask: np.ndarray, path: Path, rgb: bool = False) -> np.ndarray:
+    """Decoded mask pixels (all of a file, or a band of its rows) as `read_mask` gives them, checked."""
     if rgb:
         if mask.ndim == 2 or mask.shape[-1] != 3:
             raise DataError(

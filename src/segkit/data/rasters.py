@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import tifffile
@@ -24,6 +24,7 @@ from segkit.data.files import (
     fit_channels,
     image_scale,
     read_image,
+    read_size,
     unreadable,
 )
 
@@ -33,6 +34,23 @@ from segkit.data.files import (
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 _JPEG = {6, 7, 34892, 33007}
 _READ_ERRORS = (OSError, ValueError, NotImplementedError, tifffile.TiffFileError, zlib.error, EOFError, IndexError)
+Item = TypeVar("Item")
+
+
+def split_by_size(
+    items: Sequence[Item], path: Callable[[Item], Path], is_large: Callable[[tuple[int, int]], bool]
+) -> tuple[list[Item], list[Item]]:
+    """(small, large) items by the (H, W) in their image's header; an unreadable header stays with the small ones,
+    whose reading reports it by name."""
+    small, large = [], []
+    for item in items:
+        try:
+            size = read_size(path(item))
+        except DataError:
+            small.append(item)
+            continue
+        (large if is_large(size) else small).append(item)
+    return small, large
 
 
 class RasterRows:
@@ -40,8 +58,8 @@ class RasterRows:
     `in_channels` (one channel repeated for three, as in training). Use as a context manager (a TIFF stays open).
 
     Args:
-        path: the image file.
-        in_channels: the model's input channels.
+        path: the image file (a TIFF, when `in_channels` is None).
+        in_channels: the model's input channels; None: the file's own (a mask's `raw_rows`).
         image_max_value: the value that maps to 1.0 (data.image_max_value); by default the dtype's range.
 
     Example:
@@ -50,7 +68,7 @@ class RasterRows:
         ...     band = image.rows(0, 512)  # (512, image.width, 3) float32
     """
 
-    def __init__(self, path: str | Path, in_channels: int, image_max_value: float | None = None) -> None:
+    def __init__(self, path: str | Path, in_channels: int | None, image_max_value: float | None = None) -> None:
         self.path = Path(path)
         self.in_channels = in_channels
         self.image_max_value = image_max_value
@@ -81,7 +99,10 @@ class RasterRows:
             )
         self.height, self.width, self.dtype = int(height), int(width), page.dtype
         self._page, self._separate, self._contig = page, int(separate), int(contig)
-        check_channels(self.path, self._separate * self._contig, self.in_channels)
+        self.channels = self._separate * self._contig
+        self.pages = len(self._tif.pages)  # a multi-page TIFF (a multi-label stack) is read by its first page here
+        if self.in_channels is not None:
+            check_channels(self.path, self.channels, self.in_channels)
         self._segment_height = min(page.tilelength if page.is_tiled else page.rowsperstrip, self.height)
         self._across = math.ceil(self.width / page.tilewidth) if page.is_tiled else 1
         self._down = math.ceil(self.height / self._segment_height)

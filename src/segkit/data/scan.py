@@ -70,12 +70,29 @@ class _FileScan(Dataset):
                     out["hist"] = np.bincount(mask[~ignored], minlength=self.dataset.num_classes).tolist()
                 out["ignore"] = int(ignored.sum())
             else:
-                out["size"] = read_size(sample.image)
-                for path in sample.label_masks or (sample.mask,):
-                    check_sizes(Sample(sample.image, path, sample.name), out["size"], read_size(path))
+                out["size"] = check_headers(sample)
         except DataError as err:
             out["problem"] = (err.kind, str(err), err.path or str(sample.image))
         return out
+
+
+def check_headers(sample: Sample) -> tuple[int, int]:
+    """The image's (H, W) from its header, its mask files' headers read and their sizes checked against it."""
+    size = read_size(sample.image)
+    for path in sample.label_masks or (sample.mask,):
+        check_sizes(Sample(sample.image, path, sample.name), size, read_size(path))
+    return size
+
+
+def header_problems(samples: list[Sample]) -> list[Problem]:
+    """What the headers of `samples` say is wrong (their pixels not decoded): large images' check."""
+    problems = []
+    for sample in samples:
+        try:
+            check_headers(sample)
+        except DataError as err:
+            problems.append(Problem(err.path or str(sample.image), err.kind, str(err)))
+    return problems
 
 
 def scan_split(

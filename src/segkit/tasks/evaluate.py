@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.config.trust import safe_instantiate
+from segkit.data.dataset import Sample
+from segkit.data.filedata import FileDataModule
+from segkit.data.files import read_size
+from segkit.data.mask_rows import MaskRows
+from segkit.errors import Refusal
 from segkit.reports.evaluation import build_report, print_report, write_report_files
+from segkit.reports.large_images import LargeImages, windowed_inference
 from segkit.reports.predictions import MaskWriter, PredictionTable
 from segkit.runs.atomic import write_json
 from segkit.runs.console import quiet_known_noise
@@ -26,6 +34,68 @@ def checkpoint_data(cfg: DictConfig, module: SegmentationModule) -> DictConfig:
     """The data config: `data=...` if given, else the checkpoint's; `data_overrides` on top."""
     data_cfg = cfg.data if cfg.get("data") else OmegaConf.create(module.hparams.data)
     return OmegaConf.merge(data_cfg, cfg.get("data_overrides") or {})
+
+
+def set_aside_large_images(datamodule: Any, module: SegmentationModule, split: str) -> list[Sample]:
+    """The split's images larger than `inference.window_above` squared, by their headers, taken out of its dataset
+    (datasets on disk; the start-up check reads their headers only)."""
+    if not isinstance(datamodule, FileDataModule):
+        return []
+    datamodule.set_aside_large = module.inference.is_large
+    datamodule.setup("validate" if split == "val" else "test")
+    return datamodule.large.get(split, [])
+
+
+def score_large_images(
+    samples: list[Sample],
+    module: SegmentationModule,
+    datamodule: FileDataModule,
+    trainer: Any,
+    split: str,
+    masks_dir: Path | None,
+) -> None:
+    """Adds each large image's counts to the module's `{split}_confusion`, band of rows by band of rows: the image
+    read and predicted window by window, its mask read in the same bands (segkit.data.mask_rows), so that neither
+    is ever whole in memory. With `masks_dir`, the predictions are written there as tiled TIFFs."""
+    if trainer.world_size > 1:
+        raise Refusal(
+            f"evaluate.py scores large images (above inference.window_above={module.inference.window_above} "
+            f"squared pixels) in one process, but this trainer runs {trainer.world_size}. Fix: trainer.devices=1."
+        )
+    windows = windowed_inference(module.inference, module.hparams.data, len(samples))
+    device = trainer.strategy.root_device
+    module.to(device).eval()
+    confusion = getattr(module, f"{split}_confusion")
+    large = LargeImages(masks_dir, datamodule.palette, module.task)
+    for sample in samples:
+        with MaskRows(sample, datamodule.datasets[split], read_size(sample.image)) as mask:
+
+            def count(y0: int, preds: torch.Tensor, mask: MaskRows = mask) -> None:
+                target = torch.from_numpy(mask.rows(y0, y0 + preds.shape[-2])).to(device)
+                confusion.update(preds[None], target[None])
+
+            large.predict(
+                sample.image,
+                sample.name,
+                module,
+                windows,
+                datamodule.in_channels,
+                datamodule.image_max_value,
+                device,
+                trainer.precision_plugin.forward_context,
+                on_band=count,
+            )
+            mask.finish()
+    print(f"{len(samples)} large image(s) of the {split} split scored window by window ({windows})")
+
+
+def log_scores(module: SegmentationModule, trainer: Any, split: str) -> dict[str, float]:
+    """The split's scores from the module's counts, to the run's loggers as a loop would log them."""
+    _, metrics = module.epoch_scores(split)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics)
+        logger.finalize("success")
+    return metrics
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -65,11 +135,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     if cfg.get("log_table"):
         callbacks.append(PredictionTable(datamodule.class_names, datamodule.ignore_index, max_rows=cfg.log_table))
+    large = set_aside_large_images(datamodule, module, split)
     trainer = build_trainer(cfg, callbacks)
     try:
-        run = trainer.validate if split == "val" else trainer.test
-        run(module, datamodule=datamodule, verbose=False)
-        metrics = split_metrics(trainer.callback_metrics, split)
+        if large:
+            masks_dir = output_dir / "predictions" if cfg.get("save_predictions") else None
+            score_large_images(large, module, datamodule, trainer, split, masks_dir)
+        if datamodule.datasets.get(split) is None or len(datamodule.datasets[split]):
+            run = trainer.validate if split == "val" else trainer.test
+            run(module, datamodule=datamodule, verbose=False)  # adds the other images to the large ones' counts
+            metrics = split_metrics(trainer.callback_metrics, split)
+        else:  # every image was large: no loop to run, the counts are complete
+            metrics = log_scores(module, trainer, split)
     finally:
         finish_wandb()
     report = build_report(module.last_confusion[split], datamodule.class_names, module.task.name)

@@ -20,16 +20,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from segkit.data.files import DataError, read_size
+from segkit.data.files import DataError
 from segkit.data.inputs import ImageBatches, ImageFiles, find_images, read_failure
+from segkit.data.rasters import split_by_size
 from segkit.errors import Refusal
-from segkit.reports.large_images import LargeImages
+from segkit.reports.large_images import LargeImages, windowed_inference
 from segkit.reports.predictions import MaskWriter
 from segkit.runs.console import quiet_known_noise
 from segkit.runs.model_files import model_files
 from segkit.tasks.common import checkpoint_argument, plain
 from segkit.training.ensemble import load_models
-from segkit.training.inference import Inference
 from segkit.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -72,45 +72,12 @@ class _Writer(MaskWriter):
                 self.done.add(name)
 
 
-def split_by_size(files: list[tuple[Path, str]], inference: Inference) -> tuple[list, list]:
-    """(small, large) inputs by the size in their headers; an unreadable header stays with the small ones, whose
-    batching reports it."""
-    small, large = [], []
-    for path, name in files:
-        try:
-            size = read_size(path)
-        except DataError:
-            small.append((path, name))
-            continue
-        (large if inference.is_large(size) else small).append((path, name))
-    return small, large
-
-
-def training_crop(data: dict) -> tuple[int, int]:
-    """The windows a whole-image inference takes on large images: the training crop (else the image size, else
-    512 x 512)."""
-    crop = data.get("crop_size") or data.get("image_size") or 512
-    crop = [crop, crop] if isinstance(crop, int) else list(crop)
-    return int(crop[0]), int(crop[-1])
-
-
 def predict_large(
     files: list[tuple[Path, str]], module: SegmentationModule, trainer: Any, cfg: DictConfig, output: Path
 ) -> tuple[int, dict[Path, str]]:
     """The windowed path, image after image on the trainer's device and precision: (masks written, failures)."""
-    data, inference = module.hparams.data, module.inference
-    windows = inference.as_windows(training_crop(data))
-    if windows is not inference:
-        log.info(
-            "%d image(s) above %d x %d pixels (inference.window_above): inference=%s cannot hold them whole, so "
-            "they are predicted in windows of the training crop %s every %s pixels, read and written window by window.",
-            len(files),
-            inference.window_above,
-            inference.window_above,
-            inference.mode,
-            windows.crop_size,
-            windows.stride,
-        )
+    data = module.hparams.data
+    windows = windowed_inference(module.inference, data, len(files))
     device = trainer.strategy.root_device
     module.to(device).eval()
     large = LargeImages(
@@ -152,7 +119,7 @@ def predict(cfg: DictConfig) -> Path:
     data = module.hparams.data
     module.inference.window_batch = int(cfg.batch_size)
     module.keep_probabilities = bool(cfg.get("save_probabilities", False))
-    small, large = split_by_size(files, module.inference)
+    small, large = split_by_size(files, lambda file: file[0], module.inference.is_large)
     in_channels = int(data["in_channels"])
     batches = ImageBatches(ImageFiles(small, in_channels, data.get("image_max_value")), cfg.batch_size)
     loader = DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)

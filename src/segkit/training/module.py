@@ -247,15 +247,20 @@ class SegmentationModule(L.LightningModule):
         preds = self.task.decide(probs, self.inference.threshold)
         return {"preds": preds, "probs": probs, "names": batch["name"]}
 
-    def _log_epoch_scores(self, split: str) -> dict[str, torch.Tensor]:
+    def epoch_scores(self, split: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The split's scores from its counts so far (summed over all processes), and as logged (`val/mIoU` ...);
+        the counts start again from zero."""
         confusion = getattr(self, f"{split}_confusion")
-        matrix = confusion.compute()  # summed over all processes
+        matrix = confusion.compute()
         self.last_confusion[split] = matrix.detach().cpu()
         scores = scores_from_confusion(matrix)
         confusion.reset()
+        return scores, named_scores(split, scores, self.class_names, self.task.name)
+
+    def _log_epoch_scores(self, split: str) -> dict[str, torch.Tensor]:
+        scores, flat = self.epoch_scores(split)
         # Identical on every rank already; sync_dist (a mean of equal values, once per epoch) only keeps
         # Lightning from warning about unsynced epoch-level values under DDP.
-        flat = named_scores(split, scores, self.class_names, self.task.name)
         self.log(f"{split}/mIoU", flat.pop(f"{split}/mIoU"), prog_bar=True, sync_dist=True)
         self.log_dict(flat, sync_dist=True)
         return scores
