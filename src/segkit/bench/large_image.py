@@ -71,6 +71,35 @@ def write_image(path: Path, height: int, width: int) -> Path:
     return path
 
 
+def classes(y0: int, x0: int, height: int, width: int) -> np.ndarray:
+    """The benchmark's labels at (y0, x0): 4 classes from the pattern's squares and its first wave, uint8."""
+    y, x = np.mgrid[y0 : y0 + height, x0 : x0 + width].astype(np.float32)
+    squares = (((y // 300) + (x // 300)) % 2).astype(np.uint8)
+    return squares * 2 + (np.sin(x / 37.0) * np.cos(y / 29.0) > 0).astype(np.uint8)
+
+
+def write_labelled(root: Path, image: Path, height: int, width: int) -> Path:
+    """A test split of one image for evaluate.py (data=folder, split_by=folders): `image` linked in, its mask a
+    tiled TIFF of `classes` written a row of tiles at a time."""
+    (root / "images/test").mkdir(parents=True, exist_ok=True)
+    (root / "masks/test").mkdir(parents=True, exist_ok=True)
+    link = root / "images/test" / image.name
+    if not link.exists():
+        link.symlink_to(image.resolve())
+    mask = root / "masks/test" / image.name
+
+    def tiles():
+        for y in range(0, height, TILE):
+            row = classes(y, 0, TILE, width + TILE)
+            for x in range(0, width, TILE):
+                yield np.ascontiguousarray(row[:, x : x + TILE])
+
+    if not mask.exists():
+        with tifffile.TiffWriter(mask, bigtiff=height * width > 2**31) as tif:
+            tif.write(tiles(), shape=(height, width), dtype=np.uint8, tile=(TILE, TILE), compression="zlib")
+    return root
+
+
 def georeference(path: Path) -> dict | None:
     """A GeoTIFF's georeference as tifffile reads it (transform and CRS keys); None for no file or no GeoTIFF."""
     if not path.is_file():
@@ -150,6 +179,33 @@ def predict_command(checkpoint: Path, image: Path, output: Path, window_above: i
     ]
 
 
+def evaluate_command(checkpoint: Path, root: Path, output: Path, window_above: int, args: argparse.Namespace) -> list:
+    """evaluate.py on `root`'s test split with the class facts of the benchmark's checkpoint (the synthetic data's)."""
+    root_dir = Path(__file__).resolve().parents[3]
+    return [
+        sys.executable,
+        str(root_dir / "evaluate.py"),
+        f"ckpt_path={checkpoint}",
+        "split=test",
+        "data=folder",
+        f"data.root={root}",
+        "data.split_by=folders",
+        "data.splits={train:null,val:null,test:test}",
+        "data.mask_suffix=.tif",
+        "data.num_classes=4",
+        "data.class_names=[background,disc,square,triangle]",
+        "data.palette=[[0,0,0],[230,25,75],[60,180,75],[0,130,200]]",
+        "data.num_workers=0",
+        f"hydra.run.dir={output}",
+        f"paths.log_dir={output.parent / 'logs'}",
+        f"trainer.accelerator={args.accelerator}",
+        "inference=slide",
+        f"inference.crop_size=[{args.crop},{args.crop}]",
+        f"inference.blend={args.blend}",
+        f"inference.window_above={window_above}",
+    ]
+
+
 def quarters(samples: list[tuple[float, float]]) -> str:
     """The RSS (MB) at a quarter, half, three quarters and the end of the run's samples."""
     if not samples:
@@ -170,6 +226,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--model", default="fcn", help="model config group")
     parser.add_argument("--backbone", default="test_convnext", help="timm name (small: the model is not measured)")
     parser.add_argument("--accelerator", default="auto", help="trainer.accelerator of the child runs")
+    parser.add_argument("--evaluate", action="store_true", help="also evaluate.py on each image, with a mask")
     parser.add_argument("--workdir", type=Path, default=None, help="where images and outputs go (default: a temp dir)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="segkit-large-bench-"))
@@ -199,9 +256,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             + ("  (the mask keeps the image's georeference)" if row["georeference"] else ""),
             flush=True,
         )
+        if args.evaluate and path != "start-up":
+            labelled = write_labelled(workdir / f"labelled_{width}x{height}", image, height, width)
+            scored = output.with_name(output.name + "_evaluate")
+            result = measure(evaluate_command(checkpoint, labelled, scored, window_above, args), workdir)
+            rows.append({"width": width, "height": height, "path": f"evaluate, {path}", **result})
+            print(
+                f"evaluate, {path} {width} x {height} {result['seconds']:.1f} s  peak RSS {result['peak_mb']:.0f} MB",
+                flush=True,
+            )
     cpu = platform.processor() or platform.machine()
     print(
-        f"\npredict.py, {args.model} on {args.backbone} (untrained), windows {args.crop} every {2 * args.crop // 3}, "
+        f"\npredict.py (and evaluate.py), {args.model} on {args.backbone} (untrained), windows {args.crop} every "
+        f"{2 * args.crop // 3}, "
         f"blend {args.blend}, batch {args.batch_size}; {os.cpu_count()} cores ({cpu}), torch threads default\n"
     )
     start_up = rows[0]["seconds"]
