@@ -47,8 +47,8 @@ class Inference:
         threshold: binary and multi-label tasks: a label is predicted where its probability reaches it.
         blend: the weight of a window's scores: "mean" (equal), "gaussian" (nnU-Net's, sigma 1/8 of the window),
             "linear" (a ramp falling to the edges).
-        window_above: predict.py: images with more pixels than this squared are read, predicted and written window
-            by window (segkit.reports.large_images).
+        window_above: predict.py and evaluate.py: images with more pixels than this squared are read and predicted
+            window by window (segkit.reports.large_images).
         window_batch: windows per forward pass.
 
     Example:
