@@ -448,3 +448,22 @@ def test_a_multilabel_mask_read_in_bands_equals_the_mask_read_whole(stored, tmp_
     assert np.array_equal(np.concatenate(bands, axis=1), dataset.read_mask(sample))
     with pytest.raises(DataError, match="mask is 70x45 \\(HxW\\) but its image"):
         MaskRows(sample, dataset, (71, 45))
+
+
+def test_a_mask_with_overviews_is_read_in_bands_from_its_full_size_page(tmp_path):
+    """A cloud-optimized GeoTIFF's reduced levels are not a stack of planes: its first page is read band by band."""
+    from segkit.data.dataset import Sample, SegmentationFiles
+    from segkit.data.encoding import MaskEncoding
+    from segkit.data.mask_rows import MaskRows
+
+    mask = labels(90, 70, "multiclass", seed=4)
+    with tifffile.TiffWriter(tmp_path / "mask.tif") as tif:
+        tif.write(mask, tile=(16, 16), subfiletype=0)
+        tif.write(mask[::2, ::2], tile=(16, 16), subfiletype=1)  # an overview
+    with RasterRows(tmp_path / "mask.tif", None) as raster:
+        assert not raster.stacked
+    sample = Sample(tmp_path / "image.png", tmp_path / "mask.tif", "image")
+    dataset = SegmentationFiles([sample], MaskEncoding(4, 255), in_channels=3)
+    with MaskRows(sample, dataset, (90, 70)) as rows:
+        bands = [rows.rows(y0, min(y0 + 40, 90)) for y0 in range(0, 90, 40)]
+    assert np.array_equal(np.concatenate(bands), dataset.read_mask(sample))

@@ -131,8 +131,8 @@ class MaskRows:
         return read
 
     def _raster(self, path: Path) -> RasterRows | None:
-        """The file as a one-page TIFF read in bands, or None where it is read whole (not a TIFF, or pages)."""
+        """The file as a TIFF read in bands, or None where it is read whole (not a TIFF, or a stack of pages)."""
         if path.suffix.lower() not in TIFF_SUFFIXES:
             return None
         raster = self._files.enter_context(RasterRows(path, None))
-        return raster if raster.pages == 1 else None
+        return None if raster.stacked else raster

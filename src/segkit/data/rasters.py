@@ -100,7 +100,10 @@ class RasterRows:
         self.height, self.width, self.dtype = int(height), int(width), page.dtype
         self._page, self._separate, self._contig = page, int(separate), int(contig)
         self.channels = self._separate * self._contig
-        self.pages = len(self._tif.pages)  # a multi-page TIFF (a multi-label stack) is read by its first page here
+        # Full-size pages after the first: a stack (of a multi-label mask's planes), which rows() does not read;
+        # a pyramid's reduced levels (a cloud-optimized GeoTIFF's overviews) are not a stack.
+        pages = self._tif.pages
+        self.stacked = len(pages) > 1 and not pages[1].is_reduced
         if self.in_channels is not None:
             check_channels(self.path, self.channels, self.in_channels)
         self._segment_height = min(page.tilelength if page.is_tiled else page.rowsperstrip, self.height)
