@@ -255,7 +255,7 @@ def test_two_process_ddp_on_cpu_stops_together_resumes_and_agrees_across_ranks_a
 def test_tensorboard_logger_records_scores_and_prediction_images(tiny_train_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(tiny_train_cfg("logger=tensorboard", output_dir=tmp_path / "run"))
+    train(tiny_train_cfg("logger=tensorboard", TINY_BACKBONE, output_dir=tmp_path / "run"))
     (events,) = (tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*")
     accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
     accumulator.Reload()
