@@ -144,8 +144,9 @@ def run_forked(script: str, *args: str, cwd: Path, timeout: int = 300) -> subpro
 
     The child computes on one thread: OpenMP's thread pool does not survive a fork (a child using more threads
     hangs). A test comparing its results bit for bit with runs in the test's own process uses `one_thread`.
-    Use `run_script` where the test needs a fresh interpreter (what it prints at start-up) or processes that
-    talk to each other (DDP, torchrun); `start_forked` for processes that start together."""
+    A command whose launcher starts its other processes itself (Lightning's DDP launcher, submitit's local one)
+    runs here too. Use `run_script` where the test needs a fresh interpreter (what it prints at start-up) or
+    processes started together as one command (torchrun); `start_forked` for processes that start together."""
     return wait_forked(start_forked(script, *args, cwd=cwd), timeout)
 
 
