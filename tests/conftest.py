@@ -39,6 +39,11 @@ TINY_DATA = [
     "data.batch_size=4",
     "data.eval_batch_size=4",
 ]
+# For trainings whose assertions do not depend on the network's size (resuming, logging, task plumbing, ...): timm's
+# 0.4M-parameter test ResNet, with resnet18's five feature levels at the same strides, instead of the default's 11M.
+# Its optimizer steps and checkpoint saves cost a fraction of the default's; the shipped backbones are covered
+# where they matter (test_module, test_decoders, test_transformer_backbones).
+TINY_BACKBONE = "backbone.name=test_resnet"
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -139,8 +144,9 @@ def run_forked(script: str, *args: str, cwd: Path, timeout: int = 300) -> subpro
 
     The child computes on one thread: OpenMP's thread pool does not survive a fork (a child using more threads
     hangs). A test comparing its results bit for bit with runs in the test's own process uses `one_thread`.
-    Use `run_script` where the test needs a fresh interpreter (what it prints at start-up) or processes that
-    talk to each other (DDP, torchrun); `start_forked` for processes that start together."""
+    A command whose launcher starts its other processes itself (Lightning's DDP launcher, submitit's local one)
+    runs here too. Use `run_script` where the test needs a fresh interpreter (what it prints at start-up) or
+    processes started together as one command (torchrun); `start_forked` for processes that start together."""
     return wait_forked(start_forked(script, *args, cwd=cwd), timeout)
 
 

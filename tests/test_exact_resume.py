@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, compose_config, run_entry, run_forked
+from conftest import ROOT, TINY_BACKBONE, compose_config, run_entry, run_forked
 from helpers import soak
 from segkit.runs.stop import StopAndSave
 from segkit.tasks.evaluate import evaluate
@@ -32,8 +32,8 @@ def dataset(tmp_path_factory):
 
 
 def overrides(root: Path) -> list[str]:
-    """The soak script's run, 2 epochs, with the test's interrupting callbacks trusted."""
-    return [*soak.overrides(root, epochs=2), "trusted_modules=[helpers.interrupt]"]
+    """The soak script's run, 2 epochs, on the tiny backbone, with the test's interrupting callbacks trusted."""
+    return [*soak.overrides(root, epochs=2), TINY_BACKBONE, "trusted_modules=[helpers.interrupt]"]
 
 
 def metrics_csv(run: Path) -> str:
@@ -178,6 +178,7 @@ def test_last_after_an_early_kill_and_a_finished_run_touch_no_run(tmp_path):
         "data.num_val=4",
         "data.image_size=[32,32]",
         "data.batch_size=4",
+        TINY_BACKBONE,
         "trusted_modules=[helpers.interrupt]",
     ]
     proc = run_entry(str(ROOT / "train.py"), "model=fcn", *tiny, cwd=tmp_path)

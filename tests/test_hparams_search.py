@@ -10,7 +10,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_override
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 
-from conftest import CONF, ROOT, TINY_DATA, compose_with_hydra, run_entry
+from conftest import CONF, ROOT, TINY_BACKBONE, TINY_DATA, compose_with_hydra, run_entry
 from segkit.reports import sweeps
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
@@ -86,6 +86,7 @@ def test_a_two_trial_optuna_search_runs_and_records_its_best(tmp_path):
         "debug=fast",
         "logger=csv",
         *TINY_DATA,
+        TINY_BACKBONE,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,7 +21,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationValidationError
 
-from conftest import ROOT, TINY_DATA, compose_with_hydra, run_forked
+from conftest import ROOT, TINY_BACKBONE, TINY_DATA, compose_with_hydra, run_forked
 from segkit.tasks.train import train
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -185,7 +185,7 @@ def test_time_limit_signal_checkpoints_requeues_and_the_requeued_job_resumes(
     probe = f"+callbacks.probe._target_={__name__}.SignalAtStep"
     trust = f"trusted_modules=[{__name__}]"
     run_dir = tmp_path / "run"
-    quick = ["+trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]  # 1 epoch of 2 steps
+    quick = ["+trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", TINY_BACKBONE]  # 1 epoch of 2 steps
     first = tiny_train_cfg(*quick, probe, trust, f"+callbacks.probe.signame={signame}", output_dir=run_dir)
     train(first)
     # Lightning handled it: a full training state beside the run, and this array task requeued.
@@ -212,6 +212,7 @@ def test_local_launcher_runs_a_sweep_job_through_submitit(tmp_path):
         "logger=csv",
         "seed=7",
         *TINY_DATA,
+        TINY_BACKBONE,
         cwd=tmp_path,
         timeout=600,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hydra.types import RunMode
 
-from conftest import ROOT, TINY_DATA, compose_config, run_entry
+from conftest import ROOT, TINY_BACKBONE, TINY_DATA, compose_config, run_entry
 from segkit.runs.console import mlflow_ui_command
 from segkit.runs.mlflow_logger import MAX_PARAM_VALUE_LENGTH, flat_params, sqlite_path
 from segkit.runs.run_names import mlflow_tags
@@ -110,6 +110,7 @@ def sweep(tmp_path_factory):
             "logger=mlflow",
             f"optimizer.lr={','.join(LRS)}",
             *TINY_DATA,
+            TINY_BACKBONE,
             "trainer.max_epochs=2",
             "trainer.accelerator=cpu",
             cwd=tmp,
@@ -141,7 +142,7 @@ def test_a_sweep_logged_to_mlflow_reads_back_through_mlflows_client(sweep, tmp_p
         assert run.info.status == "FINISHED" and run.info.run_name.startswith("train:")
         # Params: the resolved config, flattened with dots.
         params = run.data.params
-        assert params["backbone.name"] == "resnet18" and params["model._target_"] == "segkit.models.UNet"
+        assert params["backbone.name"] == "test_resnet" and params["model._target_"] == "segkit.models.UNet"
         assert params["data.image_size"] == "[40, 56]" and params["output_dir"] == str(job)
         # Tags: the sweep's group and directory, the job's overrides.
         tags = run.data.tags
@@ -195,7 +196,7 @@ def test_a_run_resumed_in_place_logs_on_into_its_own_mlflow_run(tmp_path, monkey
 
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    args = ["logger=mlflow", *TINY_DATA, "trainer.max_epochs=2", "trainer.accelerator=cpu", "test=false"]
+    args = ["logger=mlflow", *TINY_DATA, TINY_BACKBONE, "trainer.max_epochs=2", "trainer.accelerator=cpu", "test=false"]
     stop = [  # SIGTERM in the second epoch's first step (2 steps an epoch): saved there, stopped
         "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",
         "+callbacks.interrupt.step=3",

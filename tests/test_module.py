@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from conftest import TINY_BACKBONE
 from segkit.training.module import SegmentationModule, build_module
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -113,7 +114,7 @@ def test_hyperparameters_are_plain_data(tiny_train_cfg):
 
 @pytest.mark.slow
 def test_checkpoint_loads_with_weights_only(tiny_train_cfg, tmp_path):
-    module = build_module(tiny_train_cfg())
+    module = build_module(tiny_train_cfg(TINY_BACKBONE))
     trainer = L.Trainer(
         max_steps=1,
         accelerator="cpu",

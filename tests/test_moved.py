@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import segkit.moved
-from conftest import ROOT, run_entry
+from conftest import ROOT, TINY_BACKBONE, run_entry
 from helpers.fake_data import save
 from segkit.config.trust import TRUSTED_CALLABLES, TRUSTED_MODULES, UntrustedTargetError, check_target
 from segkit.moved import MOVED_TARGETS, moved_override, with_moved_targets
@@ -98,6 +98,7 @@ def old_run(tmp_path_factory) -> dict[str, Path]:
         "data.num_train=8",
         "data.num_val=4",
         "data.batch_size=4",
+        TINY_BACKBONE,
         "loss.losses.dice._target_=segkit.training.losses.DiceLoss",
         "scheduler._target_=segkit.training.schedules.poly",
         "+callbacks.interrupt._target_=helpers.interrupt.KillAtStep",

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, model_checkpoint
 
-from conftest import compose_config
+from conftest import TINY_BACKBONE, compose_config
 from segkit.callbacks.periodic_checkpoint import PeriodicCheckpoint, as_timedelta
 from segkit.tasks import common
 from segkit.tasks.train import train
@@ -76,7 +76,10 @@ def test_a_default_run_saves_last_ckpt_each_time_30_minutes_have_passed(
     with_clock = lambda cfg, callbacks: build(cfg, [*callbacks, SixteenMinuteBatches(clock)])  # noqa: E731
     monkeypatch.setattr("segkit.tasks.train.build_trainer", with_clock)
     cfg = tiny_train_cfg(  # 2 steps an epoch
-        "trainer.max_epochs=3", f"trainer.check_val_every_n_epoch={validate_every}", "callbacks.model_checkpoint=null"
+        "trainer.max_epochs=3",
+        f"trainer.check_val_every_n_epoch={validate_every}",
+        "callbacks.model_checkpoint=null",
+        TINY_BACKBONE,
     )
     train(cfg)
     assert [(epoch, step) for epoch, step, _ in made] == saves

@@ -10,15 +10,16 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
-from conftest import tiny_train_config
+from conftest import TINY_BACKBONE, tiny_train_config
 from segkit.tasks.common import build_trainer
 from segkit.training.metrics import scores_from_confusion
 from segkit.training.module import build_module, load_module
 
 # Shorter runs: no sanity validation, no model summary, every step logged.
 FAST = ["trainer.num_sanity_val_steps=0", "++trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]
-# Training only (no validation, no checkpoints, no callbacks), 4 batches of 2 images per epoch.
+# Training only (no validation, no checkpoints, no callbacks), 4 batches of 2 images per epoch, on the tiny backbone.
 TRAIN_ONLY = FAST + [
+    TINY_BACKBONE,
     "~callbacks",
     "++trainer.enable_checkpointing=false",
     "++trainer.limit_val_batches=0",
@@ -258,7 +259,7 @@ class WeightsProbe(Callback):
 def ema_run(tmp_path_factory):
     """Two epochs (4 optimizer steps) with `callbacks=ema` as configured."""
     run_dir = tmp_path_factory.mktemp("ema") / "run"
-    cfg = tiny_train_config(run_dir, "callbacks=ema", "trainer.max_epochs=2", *FAST)
+    cfg = tiny_train_config(run_dir, "callbacks=ema", "trainer.max_epochs=2", TINY_BACKBONE, *FAST)
     probe = WeightsProbe()
     trainer, module = fit(cfg, probe)
     (ema,) = [cb for cb in trainer.callbacks if isinstance(cb, EMAWeightAveraging)]
@@ -334,7 +335,7 @@ def test_testing_a_checkpoint_after_an_ema_fit_scores_the_averaged_weights(ema_r
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resumed into a new run directory
 def test_resuming_an_ema_run_restores_trained_and_averaged_weights(ema_run, tmp_path):
     cfg, run_dir, trainer, module, ema, probe, checkpoint = ema_run
-    resumed_cfg = tiny_train_config(tmp_path / "resumed", "callbacks=ema", "trainer.max_epochs=3", *FAST)
+    resumed_cfg = tiny_train_config(tmp_path / "resumed", "callbacks=ema", "trainer.max_epochs=3", TINY_BACKBONE, *FAST)
     resumed_probe = WeightsProbe()
     resumed, _ = fit(resumed_cfg, resumed_probe, ckpt_path=run_dir / "checkpoints" / "last.ckpt")
     (resumed_ema,) = [cb for cb in resumed.callbacks if isinstance(cb, EMAWeightAveraging)]

@@ -14,7 +14,7 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from conftest import TINY_DATA, compose_config
+from conftest import TINY_BACKBONE, TINY_DATA, compose_config
 from helpers.fake_data import folder_overrides, image_for, save
 from segkit.config.checks import SAMPLINGS, ConfigError, validate
 from segkit.data import datamodule as datamodule_module
@@ -257,6 +257,7 @@ def test_a_class_balanced_run_stopped_mid_epoch_resumes_exactly(data_root, tmp_p
         "data.sampling_threshold=0.5",
         f"paths.log_dir={tmp_path}/logs",
         "model=fcn",
+        TINY_BACKBONE,
         "logger=csv",
         "trainer.max_epochs=1",
         "trainer.log_every_n_steps=1",

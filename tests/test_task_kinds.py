@@ -13,7 +13,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from conftest import TINY_DATA, compose_config
+from conftest import TINY_BACKBONE, TINY_DATA, compose_config
 from helpers.fake_data import save
 from segkit.data.synthetic import SyntheticShapes
 from segkit.task_kind import TaskKind
@@ -177,6 +177,7 @@ def run_args(task):
     return [
         *TASK_DATA[task],
         *TINY_DATA,
+        TINY_BACKBONE,
         "logger=csv",
         "test=false",
         "trainer.max_epochs=2",

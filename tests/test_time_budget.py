@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import timer as timer_module
 
+from conftest import TINY_BACKBONE
 from segkit.tasks.train import train
 from segkit.training.schedules import cosine, poly
 
@@ -87,6 +88,7 @@ def test_a_run_stopped_by_its_time_limit_ends_at_the_final_rate(tiny_train_cfg, 
     train(
         tiny_train_cfg(
             "scheduler.warmup_steps=2",
+            TINY_BACKBONE,
             "trainer.max_epochs=1000",
             "trainer.max_time={seconds:2}",
             "trainer.log_every_n_steps=1",
