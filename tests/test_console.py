@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, TINY_DATA, run_script
+from conftest import ROOT, TINY_BACKBONE, TINY_DATA, run_script
 
 NOISE = (
     "Tip:",  # Lightning's advertising
@@ -20,7 +20,10 @@ NOISE = (
 
 @pytest.mark.slow
 def test_a_redirected_default_run_tells_its_story_once(tmp_path):
-    proc = run_script(str(ROOT / "train.py"), *TINY_DATA, "trainer.max_epochs=2", "test=false", cwd=tmp_path)
+    # The default run's loggers, callbacks and console; a tiny network (the story does not depend on it).
+    proc = run_script(
+        str(ROOT / "train.py"), *TINY_DATA, TINY_BACKBONE, "trainer.max_epochs=2", "test=false", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     console = proc.stdout + proc.stderr
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
