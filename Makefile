@@ -85,7 +85,7 @@ summarize-sweep: setup
 TEST_WORKERS ?= auto
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
-## The whole test suite, offline (W&B offline, no downloads): 5.5-7 minutes on 2 cores (docs/testing.md).
+## The whole test suite, offline (W&B offline, no downloads): about 5 minutes on 2 cores (docs/testing.md).
 test: setup
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(XDIST) $(ARGS)
 
