@@ -179,6 +179,16 @@ def predict_command(checkpoint: Path, image: Path, output: Path, window_above: i
     ]
 
 
+# evaluate.py's data: a data=folder test split alone, images/test/<name> and masks/test/<name>.tif under data.root.
+TEST_SPLIT = [
+    "split=test",
+    "data=folder",
+    "data.split_by=folders",
+    "data.splits={train:null,val:null,test:test}",
+    "data.mask_suffix=.tif",
+]
+
+
 def evaluate_command(checkpoint: Path, root: Path, output: Path, window_above: int, args: argparse.Namespace) -> list:
     """evaluate.py on `root`'s test split with the class facts of the benchmark's checkpoint (the synthetic data's)."""
     root_dir = Path(__file__).resolve().parents[3]
@@ -186,12 +196,8 @@ def evaluate_command(checkpoint: Path, root: Path, output: Path, window_above: i
         sys.executable,
         str(root_dir / "evaluate.py"),
         f"ckpt_path={checkpoint}",
-        "split=test",
-        "data=folder",
+        *TEST_SPLIT,
         f"data.root={root}",
-        "data.split_by=folders",
-        "data.splits={train:null,val:null,test:test}",
-        "data.mask_suffix=.tif",
         "data.num_classes=4",
         "data.class_names=[background,disc,square,triangle]",
         "data.palette=[[0,0,0],[230,25,75],[60,180,75],[0,130,200]]",
