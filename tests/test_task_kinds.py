@@ -286,3 +286,56 @@ def test_a_loss_that_does_not_fit_the_task_stops_the_run_at_start_up(tiny_train_
         "BinaryCrossEntropyLoss does not apply to data.task=multiclass" in proc.stderr and "Fix: loss=ce" in proc.stderr
     )
     assert build_module(tiny_train_cfg("loss=bce", "data=synthetic_binary")).net.num_classes == 1
+
+
+# The multi-label settings that data=lists shares with data=folder.
+LIST_KEYS = {
+    "data.task",
+    "data.num_classes",
+    "data.class_names",
+    "data.palette",
+    "data.label_layout",
+    "data.num_workers",
+    "data.crop_size",
+    "data.mask_encoding",
+    "data.mask_values",
+}
+
+
+@pytest.mark.parametrize("layout", ["folders", "file"])
+def test_multilabel_list_files_name_a_mask_per_label_or_one_file_of_planes(tmp_path, layout):
+    from hydra.utils import instantiate
+
+    from segkit.data.files import DataError
+
+    masks = write_multilabel(tmp_path, count=4)
+    root = tmp_path / layout
+    for split, keys in (("train", "012"), ("val", "3")):
+        lines = []
+        for key in keys:
+            if layout == "folders":
+                lines.append(" ".join([f"images/{key}.png", *(f"masks/{label}/{key}.png" for label in LABELS)]))
+            else:
+                lines.append(f"images/{key}.png masks/{key}.npy")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    data_cfg = [
+        "data=lists",
+        f"data.root={root}",
+        "data.lists={train:train.txt,val:val.txt,test:null}",
+        *[o for o in multilabel_data(tmp_path, layout) if o.split("=")[0] in LIST_KEYS],
+    ]
+    data = instantiate(compose_config("train", data_cfg, tmp_path / "run").data)
+    data.setup("fit")
+    for split, keys in (("train", "012"), ("val", "3")):
+        dataset = data.datasets[split]
+        assert [s.name for s in dataset.samples] == [f"images/{key}" for key in keys]
+        for index, key in enumerate(keys):
+            assert np.array_equal(dataset.load(index)[1], masks[key])
+    if layout == "file":  # one mask named where every label's is expected: the line and the fix
+        data_cfg.append("data.label_layout=folders")
+        with pytest.raises(
+            DataError,
+            match=r"train.txt:1: expected `image mask_disc mask_square mask_triangle`.*"
+            r"Fix: data.label_layout=file",
+        ):
+            instantiate(compose_config("train", data_cfg, tmp_path / "run").data).setup("fit")

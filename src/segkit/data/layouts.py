@@ -323,7 +323,8 @@ def _ratio_split(keys: dict[str, Path], ratios: Mapping[str, Any], split: str, s
 
 class ListFileDataModule(FileDataModule):
     """List files with `image_path mask_path` per line (CamVid/SegNet), paths relative to `root` (or absolute).
-    `data=lists` in a config (and camvid).
+    `data=lists` in a config (and camvid). A multi-label task's lines name the image, then a mask per label in
+    class_names' order (`label_layout=folders`), or the image and one file of every label's plane (`file`).
 
     Args:
         root: the dataset's folder.
@@ -364,19 +365,23 @@ class ListFileDataModule(FileDataModule):
         if not list_file.is_file():
             return [], [missing_list(list_file, split, f"data.lists.{split}", self.root)]
         samples, problems = [], []
+        per_label = self.label_layout == "folders"  # a multi-label task's line: the image, then a mask per label
+        columns, expected = (1 + self.num_classes if per_label else 2), self.line_format()
         for number, line in enumerate(_read_lines(list_file), start=1):
             parts = line.split()
-            if len(parts) != 2:
-                message = f"{list_file}:{number}: expected `image mask`, got {line!r}."
+            if len(parts) != columns:
+                message = f"{list_file}:{number}: expected `{expected}`, got {line!r}."
+                if per_label and len(parts) == 2:
+                    message += " Fix: data.label_layout=file if each line names one file of every label's plane."
                 problems.append(Problem(str(list_file), "bad list line", message))
                 continue
-            image, mask = (self._resolve(p) for p in parts)
-            links = [message for message in map(broken_link, (image, mask)) if message]
+            image, *masks = (self._resolve(p) for p in parts)
+            links = [message for message in map(broken_link, (image, *masks)) if message]
             if links:
-                path = image if broken_link(image) else mask
+                path = next(p for p in (image, *masks) if broken_link(p))
                 problems.append(Problem(str(path), "broken link", f"{list_file}:{number}: {' '.join(links)}"))
                 continue
-            missing = [p for p in (image, mask) if not p.is_file()]
+            missing = [p for p in (image, *masks) if not p.is_file()]
             if missing:
                 problems.append(
                     Problem(
@@ -388,15 +393,22 @@ class ListFileDataModule(FileDataModule):
                 )
                 continue
             name = image.relative_to(self.root) if image.is_relative_to(self.root) else image
-            samples.append(Sample(image, mask, name.with_suffix("").as_posix().lstrip("/")))
+            key = name.with_suffix("").as_posix().lstrip("/")
+            samples.append(Sample(image, masks[0], key, label_masks=tuple(masks) if per_label else ()))
         return samples, problems
+
+    def line_format(self) -> str:
+        """What a list line holds: `image mask`, or a multi-label task's `image mask_<label> ...` per label."""
+        if self.label_layout != "folders":
+            return "image mask"
+        return "image " + " ".join(f"mask_{name}" for name in self.class_names)
 
     def empty_split_message(self, split: str) -> str:
         if split not in self.lists:
             return (
                 f"The {split} split is empty: data.lists has no {split} entry (data.root={self.root}, data.lists="
                 f"{_as_override(self.lists)}). Fix: add one, e.g. data.lists.{split}={split}.txt (a file of "
-                f"`image mask` lines relative to data.root)"
+                f"`{self.line_format()}` lines, paths relative to data.root)"
                 + (
                     ", or run with test=false (train.py scores the test split after fitting when test=true)."
                     if split == "test"
@@ -406,6 +418,6 @@ class ListFileDataModule(FileDataModule):
         if not (self.root / self.lists[split]).is_file():
             return missing_list(self.root / self.lists[split], split, f"data.lists.{split}", self.root).message
         return (
-            f"The {split} split is empty: its list {self.root / self.lists[split]} has no `image mask` line "
-            f"(data.root={self.root}). Fix: add the split's pairs, one `image_path mask_path` per line."
+            f"The {split} split is empty: its list {self.root / self.lists[split]} has no `{self.line_format()}` "
+            f"line (data.root={self.root}). Fix: add the split's images, a line of paths each."
         )
