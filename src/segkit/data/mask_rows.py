@@ -2,8 +2,8 @@
 (segkit.data.dataset): what evaluate.py compares the windowed predictions with, band by band.
 
 A TIFF mask is read a band at a time (segkit.data.rasters.RasterRows), a multi-label NPY stack through a memory map;
-a PNG (Pillow decodes whole files) or a multi-page TIFF stack is read whole and handed out in bands: its memory is
-the mask's, a byte or two a pixel where the image's floats are twelve.
+a PNG (Pillow decodes whole files) or a multi-page TIFF stack is decoded whole, kept as stored (a byte a pixel for
+8-bit masks, where the image's floats would take twelve) and handed out, encoded, in bands.
 """
 
 from __future__ import annotations
@@ -14,16 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from segkit.data.dataset import (
-    Sample,
-    SegmentationFiles,
-    check_mask,
-    check_sizes,
-    label_planes,
-    read_label_masks,
-    unlabelled,
-)
-from segkit.data.files import TIFF_SUFFIXES, DataError, read_mask, stored_mask, unreadable, whole_numbers
+from segkit.data.dataset import Sample, SegmentationFiles, check_mask, check_sizes, label_planes, unlabelled
+from segkit.data.files import TIFF_SUFFIXES, DataError, decode_mask, stored_mask, unreadable, whole_numbers
 from segkit.data.rasters import RasterRows
 
 Rows = Callable[[int, int], np.ndarray]  # (y0, y1) -> stored values of those rows
@@ -90,9 +82,9 @@ class MaskRows:
         rgb = self.encoding.rgb
         raster = self._raster(path)
         if raster is None:
-            whole = read_mask(path, rgb=rgb)
+            whole = decode_mask(path, rgb)  # as stored: checked band by band
             self._check_size(path, size, whole.shape[:2])
-            return lambda y0, y1: whole[y0:y1]
+            return lambda y0, y1: stored_mask(whole[y0:y1], path, rgb)
         self._check_size(path, size, (raster.height, raster.width))
 
         def read(y0: int, y1: int) -> np.ndarray:
@@ -116,9 +108,9 @@ class MaskRows:
             return lambda y0, y1: whole_numbers(np.asarray(stack[:, y0:y1]), path, "store 0/1 per label")
         raster = self._raster(path)
         if raster is None:
-            whole = read_label_masks(self.sample, labels)[0][1]
+            whole = label_planes(decode_mask(path), path, labels)  # as stored: checked band by band
             self._check_size(path, size, whole.shape[1:])
-            return lambda y0, y1: whole[:, y0:y1]
+            return lambda y0, y1: whole_numbers(whole[:, y0:y1], path, "store 0/1 per label")
         self._check_size(path, size, (raster.height, raster.width))
         if raster.channels != labels:
             shape = (raster.height, raster.width, raster.channels)
