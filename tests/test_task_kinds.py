@@ -339,3 +339,22 @@ def test_multilabel_list_files_name_a_mask_per_label_or_one_file_of_planes(tmp_p
             r"Fix: data.label_layout=file",
         ):
             instantiate(compose_config("train", data_cfg, tmp_path / "run").data).setup("fit")
+
+
+@pytest.mark.slow
+def test_a_binary_run_can_keep_its_best_checkpoint_by_the_positive_class_iou(tiny_train_cfg, tmp_path):
+    """docs/tasks.md's recipe: `callbacks.model_checkpoint.monitor=val/IoU` keeps the epoch whose positive-class IoU
+    is highest (the default follows val/mIoU, the mean with the background's)."""
+    cfg = tiny_train_cfg(
+        "data=synthetic_binary", TINY_BACKBONE, "trainer.max_epochs=3", "callbacks.model_checkpoint.monitor=val/IoU"
+    )
+    train(cfg)
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("val/IoU")]
+    iou = [float(row["val/IoU"]) for row in rows]
+    miou = [float(row["val/mIoU"]) for row in rows]
+    assert len(iou) == 3 and max(iou) != max(miou)  # what the two monitors would keep differs in score
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = [s for key, s in last["callbacks"].items() if "val/IoU" in key]
+    assert float(state["best_model_score"]) == pytest.approx(max(iou))
+    assert f"best-epoch{iou.index(max(iou)):03d}-" in state["best_model_path"]
