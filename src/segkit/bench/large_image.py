@@ -159,23 +159,30 @@ def measure(command: list[str], cwd: Path, every: float = 0.5) -> dict:
     }
 
 
-def predict_command(checkpoint: Path, image: Path, output: Path, window_above: int, args: argparse.Namespace) -> list:
-    root = Path(__file__).resolve().parents[3]
+def command(script: str, checkpoint: Path, output: Path, window_above: int, args: argparse.Namespace) -> list:
+    """`script` (predict.py or evaluate.py) on the benchmark's checkpoint, with the windows, blend, device and
+    `window_above` every run shares; each command adds its own overrides."""
     return [
         sys.executable,
-        str(root / "predict.py"),
+        str(Path(__file__).resolve().parents[3] / script),
         f"ckpt_path={checkpoint}",
-        f"input={image}",
-        f"output={output}",
         f"paths.log_dir={output.parent / 'logs'}",
-        "num_workers=0",
-        "overlays=false",
-        f"batch_size={args.batch_size}",
         f"trainer.accelerator={args.accelerator}",
         "inference=slide",
         f"inference.crop_size=[{args.crop},{args.crop}]",
         f"inference.blend={args.blend}",
         f"inference.window_above={window_above}",
+    ]
+
+
+def predict_command(checkpoint: Path, image: Path, output: Path, window_above: int, args: argparse.Namespace) -> list:
+    return [
+        *command("predict.py", checkpoint, output, window_above, args),
+        f"input={image}",
+        f"output={output}",
+        "num_workers=0",
+        "overlays=false",
+        f"batch_size={args.batch_size}",
     ]
 
 
@@ -191,11 +198,8 @@ TEST_SPLIT = [
 
 def evaluate_command(checkpoint: Path, root: Path, output: Path, window_above: int, args: argparse.Namespace) -> list:
     """evaluate.py on `root`'s test split with the class facts of the benchmark's checkpoint (the synthetic data's)."""
-    root_dir = Path(__file__).resolve().parents[3]
     return [
-        sys.executable,
-        str(root_dir / "evaluate.py"),
-        f"ckpt_path={checkpoint}",
+        *command("evaluate.py", checkpoint, output, window_above, args),
         *TEST_SPLIT,
         f"data.root={root}",
         "data.num_classes=4",
@@ -203,12 +207,6 @@ def evaluate_command(checkpoint: Path, root: Path, output: Path, window_above: i
         "data.palette=[[0,0,0],[230,25,75],[60,180,75],[0,130,200]]",
         "data.num_workers=0",
         f"hydra.run.dir={output}",
-        f"paths.log_dir={output.parent / 'logs'}",
-        f"trainer.accelerator={args.accelerator}",
-        "inference=slide",
-        f"inference.crop_size=[{args.crop},{args.crop}]",
-        f"inference.blend={args.blend}",
-        f"inference.window_above={window_above}",
     ]
 
 
