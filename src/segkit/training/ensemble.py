@@ -96,7 +96,7 @@ class Ensemble:
             total = probs if total is None else total + probs
         return total / len(self.members)
 
-    # Large images (predict.py's windowed path, segkit.training.windows): the members score the same windows, and
+    # Large images (the windowed path of predict.py and evaluate.py): the members score the same windows, and
     # their probabilities of each window are averaged, then blended.
 
     @property
